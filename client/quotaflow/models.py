@@ -1,0 +1,185 @@
+"""Pydantic models: what goes into a tracked call and what comes out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Provider = Literal["openai", "anthropic", "google", "xai"]
+PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "google", "xai")
+
+# Names people use for the same provider; normalised on input.
+PROVIDER_ALIASES = {"gemini": "google", "google-genai": "google", "grok": "xai", "x-ai": "xai"}
+
+
+def normalise_provider(value: str) -> str:
+    v = value.strip().lower()
+    return PROVIDER_ALIASES.get(v, v)
+
+
+class _Model(BaseModel):
+    # Accept both snake_case and the seeds' camelCase (maxTokens, organizationId).
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+class Message(_Model):
+    role: str
+    """system, user, assistant or tool."""
+    content: str | list[Any]
+    """Plain text, or a list of content parts as the provider accepts them."""
+
+
+class AIModelRequest(_Model):
+    """One call to a model, shaped like seed 004's AIModelRequest."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+
+    provider: Provider
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=2_000_000)
+    """Upper bound of output tokens; the reservation assumes all of them are used."""
+    stream: bool = False
+    api: Literal["chat", "responses"] = "chat"
+    """OpenAI/xAI only: Chat Completions or the Responses API."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Provider-specific body fields passed through unchanged."""
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _norm_provider(cls, v: Any) -> Any:
+        return normalise_provider(v) if isinstance(v, str) else v
+
+
+class ExecutionContext(_Model):
+    """Who a call is for and where it belongs; seed 004's ExecutionContext."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+
+    organization_id: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, max_length=200)
+    """The app's own identifier of the end user (not necessarily a Supabase user)."""
+    session_id: str | None = Field(default=None, max_length=200)
+    workflow_id: str | None = Field(default=None, max_length=200)
+    conversation_id: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """Client-made idempotency key; the same id twice is one event. Generated when absent."""
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Usage(_Model):
+    """Tokens of one call, normalised across providers.
+
+    ``input_tokens`` counts *every* prompt token, including those read from or written to the
+    cache; ``cached_input_tokens`` and ``cache_write_tokens`` are parts of it. ``output_tokens``
+    counts every generated token including reasoning/thinking; ``reasoning_tokens`` is part of it.
+    """
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cached_input_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
+    estimated: bool = False
+    """True when the counts are not the provider's own (missing usage, abandoned stream)."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> Usage:
+        if self.cached_input_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens + cache_write_tokens exceed input_tokens")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError("reasoning_tokens exceed output_tokens")
+        return self
+
+
+class UsageRecord(_Model):
+    """What the database recorded for one call: the row behind every report and callback."""
+
+    log_id: str
+    request_id: str
+    organization_id: str
+    provider: str
+    model: str
+    usage: Usage
+    cost: Decimal
+    """USD, priced in SQL from cost_estimates."""
+    credits: Decimal
+    price_id: int | None = None
+    success: bool = True
+    duplicate: bool = False
+    """True when this request_id had been recorded before; nothing was charged again."""
+    user_id: str | None = None
+    session_id: str | None = None
+    workflow_id: str | None = None
+    conversation_id: str | None = None
+    latency_ms: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class AIModelResponse(_Model):
+    """The result of ``execute_with_tracking``."""
+
+    content: str
+    usage: Usage
+    cost: Decimal
+    credits: Decimal
+    model: str
+    provider: str
+    request_id: str
+    log_id: str | None
+    latency_ms: int
+    finish_reason: str | None = None
+    duplicate: bool = False
+
+
+class QuotaCheck(_Model):
+    """One row of ``check_quota``."""
+
+    allowed: bool
+    quota_limit: Decimal
+    current_usage: Decimal
+    remaining: Decimal
+    quota_type: str
+    quota_id: str | None = None
+    metric: str | None = None
+    enforcement: str | None = None
+    reserved: Decimal = Decimal(0)
+    reset_at: datetime | None = None
+
+
+class QuotaStatus(_Model):
+    """One row of ``get_quota_status``."""
+
+    quota_id: str
+    quota_type: str
+    metric: str
+    enforcement: str
+    user_id: str | None
+    provider: str | None
+    model: str | None
+    quota_limit: Decimal
+    current_usage: Decimal
+    reserved: Decimal
+    remaining: Decimal
+    percent_used: Decimal
+    window_start: datetime | None
+    reset_at: datetime | None
+    time_zone: str
