@@ -6,6 +6,7 @@
     ├── QuotaExceededError        a hard quota refuses the call (message contains "Quota exceeded")
     ├── PricingNotFoundError      no price row for the provider and model
     ├── IdempotencyConflictError  a request_id reused with different content
+    ├── AuthorizationError        the caller may not act on this organization
     ├── ProviderError             the LLM provider failed or answered with an error
     └── TrackingError             the backend (database or functions) could not be reached or failed
         └── BackendUnavailableError  the backend is unreachable (connection refused, timeout)
@@ -118,6 +119,12 @@ class IdempotencyConflictError(QuotaflowError):
     """The same request_id was recorded before with different content."""
 
     code = "idempotency_conflict"
+
+
+class AuthorizationError(QuotaflowError):
+    """The caller is not allowed to act on this organization or object."""
+
+    code = "forbidden"
 
 
 class ProviderError(QuotaflowError):

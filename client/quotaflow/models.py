@@ -183,3 +183,50 @@ class QuotaStatus(_Model):
     window_start: datetime | None
     reset_at: datetime | None
     time_zone: str
+
+
+class UsageEvent(_Model):
+    """One settle event: everything ``record_usage`` needs. Also the outbox's and the
+    ``track`` function's payload, so a replay is byte-for-byte the original event."""
+
+    organization_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1, max_length=200)
+    provider: str = Field(min_length=1, max_length=50)
+    model: str = Field(min_length=1, max_length=200)
+    usage: Usage = Field(default_factory=Usage)
+    success: bool = True
+    user_id: str | None = Field(default=None, max_length=200)
+    session_id: str | None = Field(default=None, max_length=200)
+    workflow_id: str | None = Field(default=None, max_length=200)
+    conversation_id: str | None = Field(default=None, max_length=200)
+    latency_ms: int | None = Field(default=None, ge=0)
+    finish_reason: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    occurred_at: datetime | None = None
+    """When the call was made; prices are those in force then. Defaults to the settle time."""
+
+
+class Reservation(_Model):
+    """The answer of ``reserve_quota``."""
+
+    reservation_id: str | None
+    status: Literal["reserved", "pending", "recorded"]
+    """reserved: held now; pending: an earlier hold for this id; recorded: already settled."""
+    reserved_cost: Decimal
+    reserved_tokens: int
+    expires_at: datetime | None = None
+    soft_exceeded_quota_ids: list[str] = Field(default_factory=list)
+    log_id: str | None = None
+
+
+class RecordResult(_Model):
+    """The answer of ``record_usage``."""
+
+    log_id: str
+    cost_usd: Decimal
+    credits: Decimal
+    price_id: int | None = None
+    duplicate: bool = False

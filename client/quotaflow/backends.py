@@ -1,0 +1,640 @@
+"""Backends: where the Tracker reserves, settles and reads quotas.
+
+Both implement :class:`Backend`:
+
+* :class:`PostgresBackend` calls the SQL functions (``reserve_quota``, ``record_usage``, ...)
+  over a psycopg 3 pool. Every call is one autocommit statement and prepared statements are
+  off, so it works behind Supabase's transaction pooler (port 6543) as well as directly.
+* :class:`HttpBackend` calls the HTTP functions (``/functions/v1/<name>``) of a quotaflow
+  deployment, e.g. a Supabase project, with a service-role or organization API key.
+
+SQL errors are translated to the exception tree in :func:`translate_db_error` (by errcode);
+HTTP error bodies in :func:`translate_http_error` (by status and ``code``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from .errors import (
+    AuthorizationError,
+    BackendUnavailableError,
+    ConfigurationError,
+    IdempotencyConflictError,
+    PricingNotFoundError,
+    QuotaExceededError,
+    QuotaflowError,
+    TrackingError,
+    ValidationError,
+)
+from .models import (
+    QuotaCheck,
+    QuotaStatus,
+    RecordResult,
+    Reservation,
+    Usage,
+    UsageEvent,
+    UsageRecord,
+)
+
+T = TypeVar("T")
+
+# Retries of a backend call that failed because the connection broke. Every write is
+# idempotent by request_id, so repeating one is safe.
+BACKEND_ATTEMPTS = 3
+BACKEND_INITIAL_DELAY = 0.05
+BACKEND_MULTIPLIER = 4.0
+BACKEND_JITTER = 0.5
+
+
+class Backend(Protocol):
+    """What the Tracker needs from a store of quotas and usage."""
+
+    def reserve(
+        self,
+        organization_id: str,
+        request_id: str,
+        provider: str,
+        model: str,
+        *,
+        estimated_cost: Decimal | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        user_id: str | None = None,
+        ttl_seconds: int = 300,
+    ) -> Reservation: ...
+
+    def record_usage(self, event: UsageEvent) -> RecordResult: ...
+
+    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]: ...
+
+    def release(self, organization_id: str, request_id: str) -> bool: ...
+
+    def estimate_cost(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal: ...
+
+    def check_quota(
+        self,
+        organization_id: str,
+        provider: str,
+        model: str,
+        estimated_cost: Decimal,
+        user_id: str | None = None,
+    ) -> list[QuotaCheck]: ...
+
+    def get_quota_status(self, organization_id: str) -> list[QuotaStatus]: ...
+
+    def get_record(self, organization_id: str, request_id: str) -> UsageRecord | None: ...
+
+    def close(self) -> None: ...
+
+
+def _retrying(fn: Callable[[], T], transient: Callable[[Exception], bool]) -> T:
+    delay = BACKEND_INITIAL_DELAY
+    for attempt in range(1, BACKEND_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == BACKEND_ATTEMPTS or not transient(exc):
+                raise
+            time.sleep(delay * (1 + random.uniform(0, BACKEND_JITTER)))
+            delay *= BACKEND_MULTIPLIER
+    raise AssertionError("unreachable")
+
+
+def _detail(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _dec(v: Any) -> Decimal | None:
+    return None if v is None else Decimal(str(v))
+
+
+def _ts(v: Any) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return datetime.fromisoformat(str(v))
+
+
+def quota_exceeded_from(message: str, detail: dict[str, Any]) -> QuotaExceededError:
+    """Builds the typed error from the QF001 detail (SQL) or a 429 body (HTTP)."""
+    return QuotaExceededError(
+        message,
+        quota_id=detail.get("quota_id"),
+        quota_type=detail.get("quota_type"),
+        metric=detail.get("metric"),
+        quota_limit=_dec(detail.get("quota_limit")),
+        current_usage=_dec(detail.get("current_usage")),
+        reserved=_dec(detail.get("reserved")),
+        remaining=_dec(detail.get("remaining")),
+        requested=_dec(detail.get("requested")),
+        reset_at=_ts(detail.get("reset_at")),
+    )
+
+
+def translate_db_error(exc: Exception) -> QuotaflowError:
+    """Maps a psycopg error to the exception tree by SQLSTATE (see the usage migration)."""
+    import psycopg
+
+    if isinstance(exc, QuotaflowError):
+        return exc
+    if not isinstance(exc, psycopg.Error):
+        return TrackingError(f"tracking backend failed: {exc}")
+    diag = exc.diag
+    state = exc.sqlstate or ""
+    message = diag.message_primary or str(exc)
+    detail = _detail(diag.message_detail)
+    if state == "QF001":
+        return quota_exceeded_from(message, detail)
+    if state == "QF002":
+        return PricingNotFoundError(
+            message, provider=detail.get("provider"), model=detail.get("model")
+        )
+    if state == "QF003":
+        return IdempotencyConflictError(message)
+    if state == "42501":
+        return AuthorizationError(message)
+    if state == "QF004" or state[:2] in ("22", "23"):
+        return ValidationError(message)
+    if isinstance(exc, psycopg.OperationalError) or state[:2] in ("08", "57", "53"):
+        return BackendUnavailableError(f"database unavailable: {message}")
+    return TrackingError(f"database error {state}: {message}")
+
+
+def _transient_db(exc: Exception) -> bool:
+    import psycopg
+    import psycopg_pool
+
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return False
+    state = getattr(exc, "sqlstate", None) or ""
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        or state[:2] in ("08", "57")
+        or state
+        in (
+            "40001",
+            "40P01",
+        )
+    )
+
+
+def _event_params(e: UsageEvent) -> dict[str, Any]:
+    from psycopg.types.json import Jsonb
+
+    u = e.usage
+    return {
+        "organization_id": e.organization_id,
+        "request_id": e.request_id,
+        "provider": e.provider,
+        "model": e.model,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cached_input_tokens": u.cached_input_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "reasoning_tokens": u.reasoning_tokens,
+        "success": e.success,
+        "user_id": e.user_id,
+        "session_id": e.session_id,
+        "workflow_id": e.workflow_id,
+        "conversation_id": e.conversation_id,
+        "latency_ms": e.latency_ms,
+        "finish_reason": e.finish_reason,
+        "error_code": e.error_code,
+        "error_message": e.error_message,
+        "usage_estimated": u.estimated,
+        "tags": e.tags,
+        "metadata": Jsonb(e.metadata),
+        "occurred_at": e.occurred_at,
+    }
+
+
+_RECORD_SQL = (
+    "select * from public.record_usage("
+    + ", ".join(
+        f"{name} => %({name})s"
+        for name in (
+            "organization_id",
+            "request_id",
+            "provider",
+            "model",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "success",
+            "user_id",
+            "session_id",
+            "workflow_id",
+            "conversation_id",
+            "latency_ms",
+            "finish_reason",
+            "error_code",
+            "error_message",
+            "usage_estimated",
+            "tags",
+            "metadata",
+            "occurred_at",
+        )
+    )
+    + ")"
+)
+
+
+def database_url_from_env() -> str | None:
+    return os.environ.get("QUOTAFLOW_DATABASE_URL") or os.environ.get("DATABASE_URL")
+
+
+class PostgresBackend:
+    """Calls the SQL functions over a lazily opened psycopg pool."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        url = database_url or database_url_from_env()
+        if not url:
+            raise ConfigurationError(
+                "no database URL: pass database_url or set QUOTAFLOW_DATABASE_URL / DATABASE_URL"
+            )
+        self._url = url
+        self._min_size = min_size
+        self._max_size = max_size or int(os.environ.get("QUOTAFLOW_POOL_SIZE", "10"))
+        self._timeout = timeout
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> Any:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    from psycopg.rows import dict_row
+                    from psycopg_pool import ConnectionPool
+
+                    self._pool = ConnectionPool(
+                        self._url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        timeout=self._timeout,
+                        kwargs={
+                            "autocommit": True,
+                            "prepare_threshold": None,
+                            "row_factory": dict_row,
+                        },
+                        open=True,
+                        name="quotaflow",
+                    )
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection (autocommit, dict rows); returned to the pool on exit."""
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    def _rows(self, sql: str, params: dict[str, Any] | Sequence[Any]) -> list[dict[str, Any]]:
+        def once() -> list[dict[str, Any]]:
+            with self.connection() as conn:
+                return list(conn.execute(sql, params).fetchall())
+
+        try:
+            return _retrying(once, _transient_db)
+        except Exception as exc:
+            raise translate_db_error(exc) from exc
+
+    def reserve(
+        self,
+        organization_id: str,
+        request_id: str,
+        provider: str,
+        model: str,
+        *,
+        estimated_cost: Decimal | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        user_id: str | None = None,
+        ttl_seconds: int = 300,
+    ) -> Reservation:
+        row = self._rows(
+            "select * from public.reserve_quota(organization_id => %s, request_id => %s,"
+            " provider => %s, model => %s, estimated_cost => %s, input_tokens => %s,"
+            " max_output_tokens => %s, user_id => %s, ttl_seconds => %s)",
+            (
+                organization_id,
+                request_id,
+                provider,
+                model,
+                estimated_cost,
+                input_tokens,
+                max_output_tokens,
+                user_id,
+                ttl_seconds,
+            ),
+        )[0]
+        return Reservation.model_validate(_stringify_ids(row))
+
+    def record_usage(self, event: UsageEvent) -> RecordResult:
+        row = self._rows(_RECORD_SQL, _event_params(event))[0]
+        return RecordResult.model_validate(_stringify_ids(row))
+
+    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]:
+        return [self.record_usage(e) for e in events]
+
+    def release(self, organization_id: str, request_id: str) -> bool:
+        row = self._rows(
+            "select public.release_reservation(%s, %s) as released", (organization_id, request_id)
+        )[0]
+        return bool(row["released"])
+
+    def estimate_cost(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        row = self._rows(
+            "select public.estimate_cost(%s, %s, %s, %s, %s, %s) as cost",
+            (provider, model, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens),
+        )[0]
+        return Decimal(row["cost"])
+
+    def check_quota(
+        self,
+        organization_id: str,
+        provider: str,
+        model: str,
+        estimated_cost: Decimal,
+        user_id: str | None = None,
+    ) -> list[QuotaCheck]:
+        rows = self._rows(
+            "select * from public.check_quota(%s, %s, %s, %s, %s)",
+            (organization_id, provider, model, estimated_cost, user_id),
+        )
+        return [QuotaCheck.model_validate(_stringify_ids(r)) for r in rows]
+
+    def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
+        rows = self._rows("select * from public.get_quota_status(%s)", (organization_id,))
+        return [QuotaStatus.model_validate(_stringify_ids(r)) for r in rows]
+
+    def get_record(self, organization_id: str, request_id: str) -> UsageRecord | None:
+        rows = self._rows(
+            "select * from public.api_usage_logs where organization_id = %s and request_id = %s",
+            (organization_id, request_id),
+        )
+        return record_from_row(rows[0]) if rows else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _stringify_ids(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k.endswith("_id") and v is not None and not isinstance(v, (int, str)):
+            v = str(v)
+        elif k.endswith("_ids") and isinstance(v, list):
+            v = [str(x) for x in v]
+        out[k] = v
+    return out
+
+
+def record_from_row(row: dict[str, Any]) -> UsageRecord:
+    """A UsageRecord from an api_usage_logs row (dict)."""
+    r = _stringify_ids(row)
+    return UsageRecord(
+        log_id=str(r["id"]),
+        request_id=r["request_id"],
+        organization_id=r["organization_id"],
+        provider=r["provider"],
+        model=r["model"],
+        usage=Usage(
+            input_tokens=r["input_tokens"],
+            output_tokens=r["output_tokens"],
+            cached_input_tokens=r["cached_input_tokens"],
+            cache_write_tokens=r["cache_write_tokens"],
+            reasoning_tokens=r["reasoning_tokens"],
+            estimated=r["usage_estimated"],
+        ),
+        cost=Decimal(r["cost_usd"]),
+        credits=Decimal(r["credits"]),
+        price_id=r["price_id"],
+        success=r["success"],
+        user_id=r["user_id"],
+        session_id=r["session_id"],
+        workflow_id=r["workflow_id"],
+        conversation_id=r["conversation_id"],
+        latency_ms=r["latency_ms"],
+        finish_reason=r["finish_reason"],
+        error=r["error_message"],
+        tags=list(r["tags"] or []),
+        metadata=dict(r["metadata"] or {}),
+        created_at=r["occurred_at"],
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP functions backend
+# ---------------------------------------------------------------------------------------
+
+
+def translate_http_error(response: httpx.Response) -> QuotaflowError:
+    """Maps an error response of the HTTP functions to the exception tree."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    if not isinstance(err, dict):
+        err = {}
+    message = str(err.get("message") or response.reason_phrase or "request failed")
+    code = err.get("code")
+    status = response.status_code
+    if status == 429 or code == "quota_exceeded":
+        return quota_exceeded_from(message, err)
+    if code == "pricing_not_found" or status == 422:
+        return PricingNotFoundError(message, provider=err.get("provider"), model=err.get("model"))
+    if status == 409 or code == "idempotency_conflict":
+        return IdempotencyConflictError(message)
+    if status in (401, 403):
+        return AuthorizationError(f"{status}: {message}")
+    if 400 <= status < 500:
+        return ValidationError(message, field=err.get("field"))
+    if status in (502, 503, 504):
+        return BackendUnavailableError(f"functions unavailable ({status}): {message}")
+    return TrackingError(f"functions error {status}: {message}")
+
+
+class HttpBackend:
+    """Calls a quotaflow functions deployment at ``{url}/functions/v1/<name>``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        url = url or os.environ.get("QUOTAFLOW_FUNCTIONS_URL") or os.environ.get("SUPABASE_URL")
+        key = (
+            key
+            or os.environ.get("QUOTAFLOW_API_KEY")
+            or os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
+            or os.environ.get("SUPABASE_KEY")
+        )
+        if not url or not key:
+            raise ConfigurationError(
+                "HTTP backend needs a URL and a key: pass url/key or set SUPABASE_URL and"
+                " SUPABASE_SERVICE_ROLE_KEY (or QUOTAFLOW_API_KEY)"
+            )
+        self._base = url.rstrip("/") + "/functions/v1/"
+        self._client = client or httpx.Client(timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {key}", "apikey": key}
+
+    def _call(
+        self,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        method: str = "POST",
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        def once() -> httpx.Response:
+            return self._client.request(
+                method, self._base + name, json=body, params=params, headers=self._headers
+            )
+
+        def transient(exc: Exception) -> bool:
+            return isinstance(exc, httpx.TransportError)
+
+        try:
+            response = _retrying(once, transient)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailableError(f"functions unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise translate_http_error(response)
+        return response.json()
+
+    def reserve(
+        self,
+        organization_id: str,
+        request_id: str,
+        provider: str,
+        model: str,
+        *,
+        estimated_cost: Decimal | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        user_id: str | None = None,
+        ttl_seconds: int = 300,
+    ) -> Reservation:
+        body = {
+            "organization_id": organization_id,
+            "request_id": request_id,
+            "provider": provider,
+            "model": model,
+            "estimated_cost": None if estimated_cost is None else str(estimated_cost),
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+            "user_id": user_id,
+            "ttl_seconds": ttl_seconds,
+        }
+        return Reservation.model_validate(self._call("reserve", body))
+
+    def record_usage(self, event: UsageEvent) -> RecordResult:
+        return RecordResult.model_validate(self._call("track", event.model_dump(mode="json")))
+
+    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]:
+        body = {"events": [e.model_dump(mode="json") for e in events]}
+        return [RecordResult.model_validate(r) for r in self._call("track", body)["results"]]
+
+    def release(self, organization_id: str, request_id: str) -> bool:
+        body = {"organization_id": organization_id, "request_id": request_id}
+        return bool(self._call("release", body)["released"])
+
+    def estimate_cost(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        body = {
+            "provider": provider,
+            "model": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cached_input_tokens": cached_input_tokens,
+            "cache_write_tokens": cache_write_tokens,
+        }
+        return Decimal(str(self._call("estimate", body)["estimated_cost"]))
+
+    def check_quota(
+        self,
+        organization_id: str,
+        provider: str,
+        model: str,
+        estimated_cost: Decimal,
+        user_id: str | None = None,
+    ) -> list[QuotaCheck]:
+        body = {
+            "organization_id": organization_id,
+            "provider": provider,
+            "model": model,
+            "estimated_cost": str(estimated_cost),
+            "user_id": user_id,
+        }
+        return [QuotaCheck.model_validate(q) for q in self._call("check_quota", body)["quotas"]]
+
+    def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
+        data = self._call("quota_status", method="GET", params={"organization_id": organization_id})
+        return [QuotaStatus.model_validate(q) for q in data["quotas"]]
+
+    def get_record(self, organization_id: str, request_id: str) -> UsageRecord | None:
+        try:
+            data = self._call(
+                "records",
+                method="GET",
+                params={"organization_id": organization_id, "request_id": request_id},
+            )
+        except ValidationError:
+            return None
+        records = data.get("records", [])
+        return UsageRecord.model_validate(records[0]) if records else None
+
+    def close(self) -> None:
+        self._client.close()

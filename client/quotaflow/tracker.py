@@ -1,0 +1,793 @@
+"""Tracker and AsyncTracker: estimate -> reserve -> call -> settle.
+
+The flow of every tracked call is written once, as generators that *yield steps* (reserve,
+call the provider, settle, ...) and receive their results; :class:`Tracker` runs the steps
+with blocking I/O and :class:`AsyncTracker` awaits them. So the two cannot drift apart: the
+only code that differs is the ten-line driver and how each step's I/O is performed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ProviderError,
+    QuotaflowError,
+    ValidationError,
+)
+from .models import (
+    AIModelRequest,
+    AIModelResponse,
+    ExecutionContext,
+    QuotaCheck,
+    QuotaStatus,
+    RecordResult,
+    Reservation,
+    Usage,
+    UsageEvent,
+    UsageRecord,
+)
+from .tokens import count_message_tokens
+from .usage import extract_usage
+
+log = logging.getLogger("quotaflow")
+
+T = TypeVar("T")
+
+DEFAULT_MAX_TOKENS = 1024
+"""Output cap sent to the provider when a request names none, so the reservation is a bound."""
+DEFAULT_RESERVATION_TTL = 300
+
+UsageCallback = Callable[[UsageRecord], Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Steps: what the flows ask their driver to do
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    request: AIModelRequest
+    context: ExecutionContext
+    request_id: str
+    prompt_tokens: int
+    started: float = field(default_factory=time.perf_counter)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+
+@dataclass
+class _Reserve:
+    call: _Call
+
+
+@dataclass
+class _Release:
+    call: _Call
+
+
+@dataclass
+class _GetRecord:
+    call: _Call
+
+
+@dataclass
+class _Provider:
+    call: _Call
+    stream: bool = False
+
+
+@dataclass
+class _UserCall:
+    fn: Callable[[], Any]
+
+
+@dataclass
+class _Settle:
+    event: UsageEvent
+
+
+_Step = _Reserve | _Release | _GetRecord | _Provider | _UserCall | _Settle
+Flow = Generator[_Step, Any, T]
+
+
+def _as_request(request: AIModelRequest | dict[str, Any]) -> AIModelRequest:
+    try:
+        return AIModelRequest.model_validate(request)
+    except Exception as exc:
+        raise ValidationError(f"invalid request: {exc}", field="request") from exc
+
+
+def _as_context(context: ExecutionContext | dict[str, Any]) -> ExecutionContext:
+    try:
+        return ExecutionContext.model_validate(context)
+    except Exception as exc:
+        raise ValidationError(f"invalid context: {exc}", field="context") from exc
+
+
+def _prepare(
+    request: AIModelRequest | dict[str, Any], context: ExecutionContext | dict[str, Any]
+) -> _Call:
+    req = _as_request(request)
+    ctx = _as_context(context)
+    if req.max_tokens is None:
+        req = req.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
+    messages = [m.model_dump() for m in req.messages]
+    return _Call(
+        request=req,
+        context=ctx,
+        request_id=ctx.request_id or str(uuid.uuid4()),
+        prompt_tokens=count_message_tokens(req.provider, req.model, messages),
+    )
+
+
+def _event(
+    call: _Call,
+    *,
+    usage: Usage,
+    success: bool,
+    finish_reason: str | None = None,
+    error: BaseException | None = None,
+) -> UsageEvent:
+    ctx = call.context
+    return UsageEvent(
+        organization_id=ctx.organization_id,
+        request_id=call.request_id,
+        provider=call.request.provider,
+        model=call.request.model,
+        usage=usage,
+        success=success,
+        user_id=ctx.user_id,
+        session_id=ctx.session_id,
+        workflow_id=ctx.workflow_id,
+        conversation_id=ctx.conversation_id,
+        latency_ms=call.elapsed_ms(),
+        finish_reason=finish_reason,
+        error_code=None if error is None else _error_code(error),
+        error_message=None if error is None else str(error)[:2000],
+        tags=ctx.tags,
+        metadata=ctx.metadata,
+        occurred_at=call.occurred_at,
+    )
+
+
+def _error_code(error: BaseException) -> str:
+    if isinstance(error, ProviderError) and error.status is not None:
+        return f"http_{error.status}"
+    return getattr(error, "code", None) or type(error).__name__
+
+
+def _response(
+    call: _Call, content: str, usage: Usage, finish_reason: str | None, record: UsageRecord
+) -> AIModelResponse:
+    return AIModelResponse(
+        content=content,
+        usage=usage,
+        cost=record.cost,
+        credits=record.credits,
+        model=call.request.model,
+        provider=call.request.provider,
+        request_id=call.request_id,
+        log_id=record.log_id,
+        latency_ms=call.elapsed_ms(),
+        finish_reason=finish_reason,
+        duplicate=record.duplicate,
+    )
+
+
+def _replayed(call: _Call, record: UsageRecord | None) -> AIModelResponse:
+    if record is None:
+        raise QuotaflowError(f"request {call.request_id} is recorded but its record is unreadable")
+    return AIModelResponse(
+        content="",
+        usage=record.usage,
+        cost=record.cost,
+        credits=record.credits,
+        model=record.model,
+        provider=record.provider,
+        request_id=call.request_id,
+        log_id=record.log_id,
+        latency_ms=record.latency_ms or 0,
+        finish_reason=record.finish_reason,
+        duplicate=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The flows, written once
+# ---------------------------------------------------------------------------------------
+
+
+def _execute_flow(call: _Call) -> Flow[AIModelResponse]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        # The same request_id was settled before: charge nothing, call nothing.
+        return _replayed(call, (yield _GetRecord(call)))
+    try:
+        result = yield _Provider(call)
+    except ProviderError as exc:
+        yield _Settle(_event(call, usage=Usage(), success=False, error=exc))
+        raise
+    except BaseException:
+        yield _Release(call)
+        raise
+    record: UsageRecord = yield _Settle(
+        _event(call, usage=result.usage, success=True, finish_reason=result.finish_reason)
+    )
+    return _response(call, result.content, result.usage, result.finish_reason, record)
+
+
+def _open_stream_flow(call: _Call) -> Flow[Any]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        return _replayed(call, (yield _GetRecord(call)))
+    try:
+        return (yield _Provider(call, stream=True))
+    except ProviderError as exc:
+        yield _Settle(_event(call, usage=Usage(), success=False, error=exc))
+        raise
+    except BaseException:
+        yield _Release(call)
+        raise
+
+
+def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecord]]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        raise ValidationError(
+            f"request_id {call.request_id} was already recorded; use a new id for a new call",
+            field="request_id",
+        )
+    try:
+        raw = yield _UserCall(fn)
+    except BaseException as exc:
+        status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+        err = ProviderError(
+            str(exc),
+            provider=call.request.provider,
+            status=status if isinstance(status, int) else None,
+        )
+        yield _Settle(_event(call, usage=Usage(), success=False, error=err))
+        raise
+    usage = extract_usage(call.request.provider, raw)
+    record: UsageRecord = yield _Settle(
+        _event(call, usage=usage, success=True, finish_reason=_finish_reason(raw))
+    )
+    return raw, record
+
+
+def _finish_reason(raw: Any) -> str | None:
+    for path in (
+        ("choices", 0, "finish_reason"),
+        ("stop_reason",),
+        ("candidates", 0, "finish_reason"),
+        ("candidates", 0, "finishReason"),
+        ("status",),
+    ):
+        v: Any = raw
+        for key in path:
+            try:
+                v = v[key] if isinstance(v, (dict, list)) else getattr(v, str(key))
+            except (KeyError, IndexError, AttributeError, TypeError):
+                v = None
+                break
+        if v is not None:
+            return str(getattr(v, "value", v))
+    return None
+
+
+def _stream_event(call: _Call, stream: Any) -> UsageEvent:
+    """The settle event of a finished, abandoned or broken stream."""
+    usage: Usage = stream.usage
+    return _event(call, usage=usage, success=True, finish_reason=stream.finish_reason)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared configuration and record building
+# ---------------------------------------------------------------------------------------
+
+
+def _default_backend() -> Backend:
+    if database_url_from_env():
+        return PostgresBackend()
+    try:
+        return HttpBackend()
+    except ConfigurationError:
+        raise ConfigurationError(
+            "no backend configured: set QUOTAFLOW_DATABASE_URL/DATABASE_URL (Postgres) or"
+            " SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY (HTTP functions), or pass backend="
+        ) from None
+
+
+class _Base:
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        database_url: str | None = None,
+        supabase_url: str | None = None,
+        supabase_key: str | None = None,
+        providers: Any = None,
+        on_usage: UsageCallback | Sequence[UsageCallback] | None = None,
+        reservation_ttl: int = DEFAULT_RESERVATION_TTL,
+    ) -> None:
+        if backend is None:
+            if database_url:
+                backend = PostgresBackend(database_url)
+            elif supabase_url:
+                backend = HttpBackend(supabase_url, supabase_key)
+            else:
+                backend = _default_backend()
+        self.backend = backend
+        self._providers = providers
+        self._callbacks: list[UsageCallback] = (
+            [] if on_usage is None else [on_usage] if callable(on_usage) else list(on_usage)
+        )
+        self.reservation_ttl = reservation_ttl
+
+    def on_usage(self, callback: UsageCallback) -> UsageCallback:
+        """Registers a callback run after every tracked call (usable as a decorator)."""
+        self._callbacks.append(callback)
+        return callback
+
+    def _record(self, event: UsageEvent, result: RecordResult) -> UsageRecord:
+        record = UsageRecord(
+            log_id=result.log_id,
+            request_id=event.request_id,
+            organization_id=event.organization_id,
+            provider=event.provider,
+            model=event.model,
+            usage=event.usage,
+            cost=result.cost_usd,
+            credits=result.credits,
+            price_id=result.price_id,
+            success=event.success,
+            duplicate=result.duplicate,
+            user_id=event.user_id,
+            session_id=event.session_id,
+            workflow_id=event.workflow_id,
+            conversation_id=event.conversation_id,
+            latency_ms=event.latency_ms,
+            finish_reason=event.finish_reason,
+            error=event.error_message,
+            tags=event.tags,
+            metadata=event.metadata,
+            created_at=event.occurred_at,
+        )
+        for callback in self._callbacks:
+            try:
+                outcome = callback(record)
+                if asyncio.iscoroutine(outcome):
+                    _schedule(outcome)
+            except Exception:
+                log.exception("on_usage callback %r failed; the call is unaffected", callback)
+        return record
+
+    def _reserve_kwargs(self, call: _Call) -> dict[str, Any]:
+        return {
+            "organization_id": call.context.organization_id,
+            "request_id": call.request_id,
+            "provider": call.request.provider,
+            "model": call.request.model,
+            "input_tokens": call.prompt_tokens,
+            "max_output_tokens": call.request.max_tokens or DEFAULT_MAX_TOKENS,
+            "user_id": call.context.user_id,
+            "ttl_seconds": self.reservation_ttl,
+        }
+
+    def _settle_sync(self, event: UsageEvent) -> UsageRecord:
+        return self._record(event, self.backend.record_usage(event))
+
+    def _perform_sync(self, step: _Step) -> Any:
+        """Blocking I/O of the steps that touch only the backend (shared by both trackers)."""
+        if isinstance(step, _Reserve):
+            return self.backend.reserve(**self._reserve_kwargs(step.call))
+        if isinstance(step, _Release):
+            try:
+                return self.backend.release(step.call.context.organization_id, step.call.request_id)
+            except BackendUnavailableError:
+                log.warning("could not release %s; it expires by itself", step.call.request_id)
+                return False
+        if isinstance(step, _GetRecord):
+            return self.backend.get_record(step.call.context.organization_id, step.call.request_id)
+        if isinstance(step, _Settle):
+            return self._settle_sync(step.event)
+        raise TypeError(f"not a backend step: {step!r}")
+
+    # ---- read-only helpers, identical for both trackers ----
+
+    def _estimate_args(self, provider: str, model: str, messages: Sequence[Any]) -> tuple[str, int]:
+        from .models import normalise_provider
+
+        provider = normalise_provider(provider)
+        plain = [m.model_dump() if hasattr(m, "model_dump") else m for m in messages]
+        return provider, count_message_tokens(provider, model, plain)
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _schedule(coro: Awaitable[Any]) -> None:
+    async def guarded() -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("async on_usage callback failed; the call is unaffected")
+
+    try:
+        task = asyncio.get_running_loop().create_task(guarded())
+    except RuntimeError:
+        asyncio.run(guarded())
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+# ---------------------------------------------------------------------------------------
+# Tracker (blocking)
+# ---------------------------------------------------------------------------------------
+
+
+class Tracker(_Base):
+    """Tracks, prices and caps AI calls with blocking I/O.
+
+    Configuration: ``backend=``, else ``database_url=`` (Postgres), else ``supabase_url=`` +
+    ``supabase_key=`` (HTTP functions), else the environment (``QUOTAFLOW_DATABASE_URL`` /
+    ``DATABASE_URL``, or ``SUPABASE_URL`` + ``SUPABASE_SERVICE_ROLE_KEY``).
+    """
+
+    def _provider_client(self) -> Any:
+        if self._providers is None:
+            from .providers import ProviderClient
+
+            self._providers = ProviderClient()
+        return self._providers
+
+    def _run(self, flow: Flow[T]) -> T:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = self._perform(step)
+            except BaseException as exc:
+                error = exc
+
+    def _perform(self, step: _Step) -> Any:
+        if isinstance(step, _Provider):
+            client = self._provider_client()
+            if step.stream:
+                return client.stream(
+                    step.call.request, prompt_tokens_estimate=step.call.prompt_tokens
+                )
+            return client.complete(step.call.request)
+        if isinstance(step, _UserCall):
+            return step.fn()
+        return self._perform_sync(step)
+
+    def execute_with_tracking(
+        self, request: AIModelRequest | dict[str, Any], context: ExecutionContext | dict[str, Any]
+    ) -> Any:
+        """Estimate, reserve, call the provider, settle; returns an :class:`AIModelResponse`.
+
+        With ``stream=True`` returns a :class:`TrackedStream` to iterate for text chunks; it
+        settles when exhausted, closed or broken (``.response`` then holds the result).
+        Raises ``QuotaExceededError`` before anything is sent when a hard quota refuses.
+        """
+        call = _prepare(request, context)
+        if not call.request.stream:
+            return self._run(_execute_flow(call))
+        opened = self._run(_open_stream_flow(call))
+        if isinstance(opened, AIModelResponse):
+            return opened
+        return TrackedStream(self, call, opened)
+
+    def wrap_with_tracking(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        call: Callable[[], T],
+        *,
+        provider: str,
+        model: str,
+        messages: Sequence[Any] = (),
+        max_tokens: int | None = None,
+    ) -> T:
+        """Runs the app's own SDK call under a reservation and records what it used."""
+        tracked = _prepare(
+            {
+                "provider": provider,
+                "model": model,
+                "messages": list(messages) or [{"role": "user", "content": ""}],
+                "max_tokens": max_tokens,
+            },
+            context,
+        )
+        raw, _ = self._run(_wrap_flow(tracked, call))
+        return raw  # type: ignore[no-any-return]
+
+    def track_usage(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        provider: str,
+        model: str,
+        api_response: Any,
+        *,
+        latency_ms: int | None = None,
+    ) -> UsageRecord:
+        """Records a call made without a reservation, from the provider's raw response."""
+        call = _prepare(
+            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
+            context,
+        )
+        event = _event(
+            call,
+            usage=extract_usage(call.request.provider, api_response),
+            success=True,
+            finish_reason=_finish_reason(api_response),
+        )
+        if latency_ms is not None:
+            event.latency_ms = latency_ms
+        return self._settle_sync(event)
+
+    def track_failure(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        provider: str,
+        model: str,
+        error: BaseException | str,
+        *,
+        usage: Usage | None = None,
+        latency_ms: int | None = None,
+    ) -> UsageRecord:
+        """Records a failed call (a failure row; usage, if the provider reported any)."""
+        call = _prepare(
+            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
+            context,
+        )
+        exc = error if isinstance(error, BaseException) else QuotaflowError(error)
+        event = _event(call, usage=usage or Usage(), success=False, error=exc)
+        if latency_ms is not None:
+            event.latency_ms = latency_ms
+        return self._settle_sync(event)
+
+    def check_quota(
+        self,
+        organization_id: str,
+        provider: str,
+        model: str,
+        estimated_cost: Decimal | float | str,
+        user_id: str | None = None,
+    ) -> list[QuotaCheck]:
+        """One row per applicable quota: would a call of this cost be admitted? Read-only."""
+        return self.backend.check_quota(
+            organization_id, provider, model, Decimal(str(estimated_cost)), user_id
+        )
+
+    def estimate_cost(
+        self, provider: str, model: str, messages: Sequence[Any], max_output_tokens: int = 1000
+    ) -> Decimal:
+        """Upper-bound USD cost: the prompt's tokens plus ``max_output_tokens`` of output."""
+        provider, tokens = self._estimate_args(provider, model, messages)
+        return self.backend.estimate_cost(provider, model, tokens, max_output_tokens)
+
+    def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
+        return self.backend.get_quota_status(organization_id)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TrackedStream:
+    """Text chunks of a streaming call; settles once when exhausted, closed or broken."""
+
+    def __init__(self, tracker: Tracker, call: _Call, stream: Any) -> None:
+        self._tracker = tracker
+        self._call = call
+        self._stream = stream
+        self._chunks: list[str] = []
+        self.response: AIModelResponse | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._stream:
+                self._chunks.append(chunk)
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.response is not None:
+            return
+        try:
+            self._stream.close()
+        finally:
+            event = _stream_event(self._call, self._stream)
+            record = self._tracker._settle_sync(event)
+            self.response = _response(
+                self._call, "".join(self._chunks), event.usage, event.finish_reason, record
+            )
+
+    def __enter__(self) -> TrackedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# AsyncTracker
+# ---------------------------------------------------------------------------------------
+
+
+class AsyncTracker(_Base):
+    """The same flows as :class:`Tracker`, awaited. Provider calls use async httpx; backend
+    calls run the blocking backend in a worker thread (the pool is thread-safe)."""
+
+    def _provider_client(self) -> Any:
+        if self._providers is None:
+            from .providers import AsyncProviderClient
+
+            self._providers = AsyncProviderClient()
+        return self._providers
+
+    async def _run(self, flow: Flow[T]) -> T:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = await self._perform(step)
+            except BaseException as exc:
+                error = exc
+
+    async def _perform(self, step: _Step) -> Any:
+        if isinstance(step, _Provider):
+            client = self._provider_client()
+            if step.stream:
+                return client.stream(
+                    step.call.request, prompt_tokens_estimate=step.call.prompt_tokens
+                )
+            return await client.complete(step.call.request)
+        if isinstance(step, _UserCall):
+            outcome = step.fn()
+            return await outcome if asyncio.iscoroutine(outcome) else outcome
+        return await asyncio.to_thread(self._perform_sync, step)
+
+    async def execute_with_tracking(
+        self, request: AIModelRequest | dict[str, Any], context: ExecutionContext | dict[str, Any]
+    ) -> Any:
+        """See :meth:`Tracker.execute_with_tracking`; streams are :class:`AsyncTrackedStream`."""
+        call = _prepare(request, context)
+        if not call.request.stream:
+            return await self._run(_execute_flow(call))
+        opened = await self._run(_open_stream_flow(call))
+        if isinstance(opened, AIModelResponse):
+            return opened
+        return AsyncTrackedStream(self, call, opened)
+
+    async def wrap_with_tracking(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        call: Callable[[], Awaitable[T]],
+        *,
+        provider: str,
+        model: str,
+        messages: Sequence[Any] = (),
+        max_tokens: int | None = None,
+    ) -> T:
+        tracked = _prepare(
+            {
+                "provider": provider,
+                "model": model,
+                "messages": list(messages) or [{"role": "user", "content": ""}],
+                "max_tokens": max_tokens,
+            },
+            context,
+        )
+        raw, _ = await self._run(_wrap_flow(tracked, call))
+        return raw  # type: ignore[no-any-return]
+
+    async def track_usage(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        provider: str,
+        model: str,
+        api_response: Any,
+        *,
+        latency_ms: int | None = None,
+    ) -> UsageRecord:
+        call = _prepare(
+            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
+            context,
+        )
+        event = _event(
+            call,
+            usage=extract_usage(call.request.provider, api_response),
+            success=True,
+            finish_reason=_finish_reason(api_response),
+        )
+        if latency_ms is not None:
+            event.latency_ms = latency_ms
+        return await asyncio.to_thread(self._settle_sync, event)
+
+    async def check_quota(
+        self,
+        organization_id: str,
+        provider: str,
+        model: str,
+        estimated_cost: Decimal | float | str,
+        user_id: str | None = None,
+    ) -> list[QuotaCheck]:
+        return await asyncio.to_thread(
+            self.backend.check_quota,
+            organization_id,
+            provider,
+            model,
+            Decimal(str(estimated_cost)),
+            user_id,
+        )
+
+    async def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
+        return await asyncio.to_thread(self.backend.get_quota_status, organization_id)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.backend.close)
+
+
+class AsyncTrackedStream:
+    """Async text chunks of a streaming call; settles once when exhausted, closed or broken."""
+
+    def __init__(self, tracker: AsyncTracker, call: _Call, stream: Any) -> None:
+        self._tracker = tracker
+        self._call = call
+        self._stream = stream
+        self._chunks: list[str] = []
+        self.response: AIModelResponse | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for chunk in self._stream:
+                self._chunks.append(chunk)
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.response is not None:
+            return
+        try:
+            await self._stream.aclose()
+        finally:
+            event = _stream_event(self._call, self._stream)
+            record = await asyncio.to_thread(self._tracker._settle_sync, event)
+            self.response = _response(
+                self._call, "".join(self._chunks), event.usage, event.finish_reason, record
+            )
