@@ -477,12 +477,12 @@ declare
   pr public.cost_estimates;
   existing public.quota_reservations;
   expired_ids uuid[];
-  expired_quotas uuid[] := '{}';
+  expired_quotas uuid[] := '{}'::uuid[];
   q public.usage_quotas;
   amount numeric;
   freed numeric;
-  held uuid[] := '{}';
-  soft uuid[] := '{}';
+  held uuid[] := '{}'::uuid[];
+  soft uuid[] := '{}'::uuid[];
   new_id uuid;
   new_expiry timestamptz;
   lid uuid;
@@ -665,7 +665,7 @@ declare
   q public.usage_quotas;
   lid uuid;
   toks bigint;
-  conflicts text[] := '{}';
+  conflicts text[] := '{}'::text[];
 begin
   perform private.assert_call(org, rid, prov, mdl);
   perform private.assert_tokens(record_usage.input_tokens, record_usage.output_tokens,
