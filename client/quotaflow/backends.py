@@ -77,7 +77,9 @@ class Backend(Protocol):
 
     def record_usage(self, event: UsageEvent) -> RecordResult: ...
 
-    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]: ...
+    def record_usage_batch(
+        self, events: Sequence[UsageEvent]
+    ) -> list[RecordResult | QuotaflowError]: ...
 
     def release(self, organization_id: str, request_id: str) -> bool: ...
 
@@ -154,18 +156,8 @@ def quota_exceeded_from(message: str, detail: dict[str, Any]) -> QuotaExceededEr
     )
 
 
-def translate_db_error(exc: Exception) -> QuotaflowError:
-    """Maps a psycopg error to the exception tree by SQLSTATE (see the usage migration)."""
-    import psycopg
-
-    if isinstance(exc, QuotaflowError):
-        return exc
-    if not isinstance(exc, psycopg.Error):
-        return TrackingError(f"tracking backend failed: {exc}")
-    diag = exc.diag
-    state = exc.sqlstate or ""
-    message = diag.message_primary or str(exc)
-    detail = _detail(diag.message_detail)
+def error_from_sqlstate(state: str, message: str, detail: dict[str, Any]) -> QuotaflowError:
+    """Maps an SQLSTATE (see the usage migration's list) to the exception tree."""
     if state == "QF001":
         return quota_exceeded_from(message, detail)
     if state == "QF002":
@@ -178,9 +170,23 @@ def translate_db_error(exc: Exception) -> QuotaflowError:
         return AuthorizationError(message)
     if state == "QF004" or state[:2] in ("22", "23"):
         return ValidationError(message)
-    if isinstance(exc, psycopg.OperationalError) or state[:2] in ("08", "57", "53"):
+    if state[:2] in ("08", "57", "53"):
         return BackendUnavailableError(f"database unavailable: {message}")
     return TrackingError(f"database error {state}: {message}")
+
+
+def translate_db_error(exc: Exception) -> QuotaflowError:
+    """Maps a psycopg error to the exception tree by SQLSTATE."""
+    import psycopg
+
+    if isinstance(exc, QuotaflowError):
+        return exc
+    if not isinstance(exc, psycopg.Error):
+        return TrackingError(f"tracking backend failed: {exc}")
+    message = exc.diag.message_primary or str(exc)
+    if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
+        return BackendUnavailableError(f"database unavailable: {message}")
+    return error_from_sqlstate(exc.sqlstate or "", message, _detail(exc.diag.message_detail))
 
 
 def _transient_db(exc: Exception) -> bool:
@@ -364,8 +370,25 @@ class PostgresBackend:
         row = self._rows(_RECORD_SQL, _event_params(event))[0]
         return RecordResult.model_validate(_stringify_ids(row))
 
-    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]:
-        return [self.record_usage(e) for e in events]
+    def record_usage_batch(
+        self, events: Sequence[UsageEvent]
+    ) -> list[RecordResult | QuotaflowError]:
+        """Settles many events in one round trip; each result is the event's record or error."""
+        from psycopg.types.json import Jsonb
+
+        if not events:
+            return []
+        rows = self._rows(
+            "select * from public.record_usage_batch(%s) order by idx",
+            (Jsonb([e.model_dump(mode="json") for e in events]),),
+        )
+        out: list[RecordResult | QuotaflowError] = []
+        for row in rows:
+            if row["error_code"]:
+                out.append(error_from_sqlstate(row["error_code"], row["error_message"], {}))
+            else:
+                out.append(RecordResult.model_validate(_stringify_ids(row)))
+        return out
 
     def release(self, organization_id: str, request_id: str) -> bool:
         row = self._rows(
@@ -576,9 +599,20 @@ class HttpBackend:
     def record_usage(self, event: UsageEvent) -> RecordResult:
         return RecordResult.model_validate(self._call("track", event.model_dump(mode="json")))
 
-    def record_usage_batch(self, events: Sequence[UsageEvent]) -> list[RecordResult]:
+    def record_usage_batch(
+        self, events: Sequence[UsageEvent]
+    ) -> list[RecordResult | QuotaflowError]:
         body = {"events": [e.model_dump(mode="json") for e in events]}
-        return [RecordResult.model_validate(r) for r in self._call("track", body)["results"]]
+        out: list[RecordResult | QuotaflowError] = []
+        for r in self._call("track", body)["results"]:
+            err = r.get("error")
+            if err:
+                out.append(
+                    error_from_sqlstate(err.get("sqlstate", ""), err.get("message", ""), err)
+                )
+            else:
+                out.append(RecordResult.model_validate(r))
+        return out
 
     def release(self, organization_id: str, request_id: str) -> bool:
         body = {"organization_id": organization_id, "request_id": request_id}

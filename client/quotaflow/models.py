@@ -109,16 +109,19 @@ class Usage(_Model):
 class UsageRecord(_Model):
     """What the database recorded for one call: the row behind every report and callback."""
 
-    log_id: str
+    log_id: str | None
+    """None while the event waits in the outbox (``deferred``)."""
     request_id: str
     organization_id: str
     provider: str
     model: str
     usage: Usage
-    cost: Decimal
-    """USD, priced in SQL from cost_estimates."""
-    credits: Decimal
+    cost: Decimal | None
+    """USD, priced in SQL from cost_estimates; None while deferred."""
+    credits: Decimal | None
     price_id: int | None = None
+    deferred: bool = False
+    """True when the backend was unreachable and the event waits in the durable outbox."""
     success: bool = True
     duplicate: bool = False
     """True when this request_id had been recorded before; nothing was charged again."""
@@ -139,8 +142,9 @@ class AIModelResponse(_Model):
 
     content: str
     usage: Usage
-    cost: Decimal
-    credits: Decimal
+    cost: Decimal | None
+    """USD as priced by the database; None when the settle was deferred to the outbox."""
+    credits: Decimal | None
     model: str
     provider: str
     request_id: str
@@ -148,6 +152,9 @@ class AIModelResponse(_Model):
     latency_ms: int
     finish_reason: str | None = None
     duplicate: bool = False
+    """True when this request_id had been recorded before: nothing was called or charged."""
+    deferred: bool = False
+    """True when the usage waits in the durable outbox to be recorded."""
 
 
 class QuotaCheck(_Model):
@@ -169,6 +176,7 @@ class QuotaStatus(_Model):
     """One row of ``get_quota_status``."""
 
     quota_id: str
+    name: str | None = None
     quota_type: str
     metric: str
     enforcement: str
@@ -213,8 +221,9 @@ class Reservation(_Model):
     """The answer of ``reserve_quota``."""
 
     reservation_id: str | None
-    status: Literal["reserved", "pending", "recorded"]
-    """reserved: held now; pending: an earlier hold for this id; recorded: already settled."""
+    status: Literal["reserved", "pending", "recorded", "unreserved"]
+    """reserved: held now; pending: an earlier hold for this id; recorded: already settled;
+    unreserved: the backend was unreachable and the tracker fails open."""
     reserved_cost: Decimal
     reserved_tokens: int
     expires_at: datetime | None = None

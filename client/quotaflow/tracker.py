@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
@@ -38,6 +39,7 @@ from .models import (
     UsageEvent,
     UsageRecord,
 )
+from .outbox import Outbox, default_outbox_path
 from .tokens import count_message_tokens
 from .usage import extract_usage
 
@@ -324,6 +326,8 @@ class _Base:
         providers: Any = None,
         on_usage: UsageCallback | Sequence[UsageCallback] | None = None,
         reservation_ttl: int = DEFAULT_RESERVATION_TTL,
+        fail_open: bool = False,
+        outbox: Outbox | str | Path | bool | None = None,
     ) -> None:
         if backend is None:
             if database_url:
@@ -338,25 +342,50 @@ class _Base:
             [] if on_usage is None else [on_usage] if callable(on_usage) else list(on_usage)
         )
         self.reservation_ttl = reservation_ttl
+        self.fail_open = fail_open
+        """When the backend is unreachable at reserve time: False refuses the call
+        (BackendUnavailableError), True makes it unreserved and records it via the outbox."""
+        self._outbox: Outbox | None = None
+        self._outbox_path: Path | None = None
+        self._outbox_enabled = outbox is not False
+        if isinstance(outbox, Outbox):
+            self._outbox = outbox
+        elif isinstance(outbox, (str, Path)):
+            self._outbox_path = Path(outbox)
+        if self._outbox_enabled and self._outbox is None:
+            path = self._outbox_path or default_outbox_path()
+            if path.exists():
+                # An earlier process left events behind: start replaying them now.
+                self._get_outbox().start()
+
+    def _get_outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(self.backend, self._outbox_path)
+        return self._outbox
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Waits until every deferred usage event is recorded (or ``timeout`` passes)."""
+        return self._outbox.flush(timeout) if self._outbox is not None else True
 
     def on_usage(self, callback: UsageCallback) -> UsageCallback:
         """Registers a callback run after every tracked call (usable as a decorator)."""
         self._callbacks.append(callback)
         return callback
 
-    def _record(self, event: UsageEvent, result: RecordResult) -> UsageRecord:
+    def _record(self, event: UsageEvent, result: RecordResult | None) -> UsageRecord:
         record = UsageRecord(
-            log_id=result.log_id,
+            log_id=None if result is None else result.log_id,
             request_id=event.request_id,
             organization_id=event.organization_id,
             provider=event.provider,
             model=event.model,
             usage=event.usage,
-            cost=result.cost_usd,
-            credits=result.credits,
-            price_id=result.price_id,
+            cost=None if result is None else result.cost_usd,
+            credits=None if result is None else result.credits,
+            price_id=None if result is None else result.price_id,
+            deferred=result is None,
             success=event.success,
-            duplicate=result.duplicate,
+            duplicate=False if result is None else result.duplicate,
             user_id=event.user_id,
             session_id=event.session_id,
             workflow_id=event.workflow_id,
@@ -390,12 +419,38 @@ class _Base:
         }
 
     def _settle_sync(self, event: UsageEvent) -> UsageRecord:
-        return self._record(event, self.backend.record_usage(event))
+        try:
+            result = self.backend.record_usage(event)
+        except BackendUnavailableError as exc:
+            if not self._outbox_enabled:
+                raise
+            # The provider was called: the usage must not be lost. Keep it durably and
+            # replay it; record_usage is idempotent by request_id.
+            log.warning("backend unavailable; usage %s deferred to the outbox", event.request_id)
+            self._get_outbox().put(event, str(exc))
+            return self._record(event, None)
+        return self._record(event, result)
+
+    def _reserve_sync(self, call: _Call) -> Reservation:
+        try:
+            return self.backend.reserve(**self._reserve_kwargs(call))
+        except BackendUnavailableError:
+            if not self.fail_open:
+                raise
+            log.warning(
+                "backend unavailable; call %s proceeds unreserved (fail_open)", call.request_id
+            )
+            return Reservation(
+                reservation_id=None,
+                status="unreserved",
+                reserved_cost=Decimal(0),
+                reserved_tokens=0,
+            )
 
     def _perform_sync(self, step: _Step) -> Any:
         """Blocking I/O of the steps that touch only the backend (shared by both trackers)."""
         if isinstance(step, _Reserve):
-            return self.backend.reserve(**self._reserve_kwargs(step.call))
+            return self._reserve_sync(step.call)
         if isinstance(step, _Release):
             try:
                 return self.backend.release(step.call.context.organization_id, step.call.request_id)
@@ -591,7 +646,11 @@ class Tracker(_Base):
     def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
         return self.backend.get_quota_status(organization_id)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Drains the outbox (up to ``timeout`` seconds; what is left stays on disk for the
+        next process) and closes the backend."""
+        if self._outbox is not None:
+            self._outbox.close(timeout)
         self.backend.close()
 
     def __enter__(self) -> Tracker:
@@ -758,7 +817,12 @@ class AsyncTracker(_Base):
     async def get_quota_status(self, organization_id: str) -> list[QuotaStatus]:
         return await asyncio.to_thread(self.backend.get_quota_status, organization_id)
 
-    async def aclose(self) -> None:
+    async def flush_async(self, timeout: float = 30.0) -> bool:
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        if self._outbox is not None:
+            await asyncio.to_thread(self._outbox.close, timeout)
         await asyncio.to_thread(self.backend.close)
 
 
