@@ -105,9 +105,13 @@ create index usage_quotas_organization_id_idx on public.usage_quotas (organizati
 -- Fills the time zone from the organization and computes the current window. reset_at given
 -- by the caller (as in `insert ... reset_at = now() + interval '1 day'`) is replaced by the
 -- calendar boundary, so every quota of a type resets at the same local instant.
+-- Security definer so the organization's time zone is found even when RLS hides the
+-- organization from the caller: the insert is then refused by the policy (42501), not
+-- reported as an unknown organization.
 create or replace function private.usage_quotas_set_window()
 returns trigger
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
@@ -489,6 +493,9 @@ declare
 begin
   perform private.assert_call(org, rid, prov, mdl);
   perform private.assert_tokens(reserve_quota.input_tokens, reserve_quota.max_output_tokens, 0, 0);
+  -- One call per request at a time (taken before any row lock): a retry racing its original
+  -- must find the original's reservation, not hold the estimate a second time.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(org::text || '/' || rid, 0));
   if cost is not null and cost < 0 then
     raise exception 'estimated_cost must not be negative (got %)', cost using errcode = '22023';
   end if;
@@ -668,6 +675,9 @@ declare
   conflicts text[] := '{}'::text[];
 begin
   perform private.assert_call(org, rid, prov, mdl);
+  -- Serialized with reserve_quota of the same request (same lock): a settle racing a late
+  -- reserve either sees its reservation or makes it see the log row ('recorded').
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(org::text || '/' || rid, 0));
   perform private.assert_tokens(record_usage.input_tokens, record_usage.output_tokens,
                                 record_usage.cached_input_tokens, record_usage.cache_write_tokens);
   if record_usage.reasoning_tokens is null or record_usage.reasoning_tokens < 0
