@@ -292,10 +292,12 @@ def _finish_reason(raw: Any) -> str | None:
     return None
 
 
-def _stream_event(call: _Call, stream: Any) -> UsageEvent:
-    """The settle event of a finished, abandoned or broken stream."""
+def _stream_event(call: _Call, stream: Any, error: BaseException | None) -> UsageEvent:
+    """The settle event of a finished, abandoned (success, usage estimated) or broken
+    (failure with the usage received so far) stream."""
     usage: Usage = stream.usage
-    return _event(call, usage=usage, success=True, finish_reason=stream.finish_reason)
+    return _event(call, usage=usage, success=error is None, finish_reason=stream.finish_reason,
+                  error=error)
 
 
 # ---------------------------------------------------------------------------------------
@@ -668,6 +670,7 @@ class TrackedStream:
         self._call = call
         self._stream = stream
         self._chunks: list[str] = []
+        self._error: ProviderError | None = None
         self.response: AIModelResponse | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -675,6 +678,9 @@ class TrackedStream:
             for chunk in self._stream:
                 self._chunks.append(chunk)
                 yield chunk
+        except ProviderError as exc:
+            self._error = exc
+            raise
         finally:
             self.close()
 
@@ -684,7 +690,7 @@ class TrackedStream:
         try:
             self._stream.close()
         finally:
-            event = _stream_event(self._call, self._stream)
+            event = _stream_event(self._call, self._stream, self._error)
             record = self._tracker._settle_sync(event)
             self.response = _response(
                 self._call, "".join(self._chunks), event.usage, event.finish_reason, record
@@ -731,7 +737,7 @@ class AsyncTracker(_Base):
         if isinstance(step, _Provider):
             client = self._provider_client()
             if step.stream:
-                return client.stream(
+                return await client.stream(
                     step.call.request, prompt_tokens_estimate=step.call.prompt_tokens
                 )
             return await client.complete(step.call.request)
@@ -834,6 +840,7 @@ class AsyncTrackedStream:
         self._call = call
         self._stream = stream
         self._chunks: list[str] = []
+        self._error: ProviderError | None = None
         self.response: AIModelResponse | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
@@ -841,6 +848,9 @@ class AsyncTrackedStream:
             async for chunk in self._stream:
                 self._chunks.append(chunk)
                 yield chunk
+        except ProviderError as exc:
+            self._error = exc
+            raise
         finally:
             await self.aclose()
 
@@ -850,7 +860,7 @@ class AsyncTrackedStream:
         try:
             await self._stream.aclose()
         finally:
-            event = _stream_event(self._call, self._stream)
+            event = _stream_event(self._call, self._stream, self._error)
             record = await asyncio.to_thread(self._tracker._settle_sync, event)
             self.response = _response(
                 self._call, "".join(self._chunks), event.usage, event.finish_reason, record
