@@ -273,13 +273,14 @@ def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecor
 
 
 def _finish_reason(raw: Any) -> str | None:
-    for path in (
+    paths: tuple[tuple[Any, ...], ...] = (
         ("choices", 0, "finish_reason"),
         ("stop_reason",),
         ("candidates", 0, "finish_reason"),
         ("candidates", 0, "finishReason"),
         ("status",),
-    ):
+    )
+    for path in paths:
         v: Any = raw
         for key in path:
             try:
