@@ -270,6 +270,17 @@ _RECORD_SQL = (
 )
 
 
+def _without_password(url: str) -> str:
+    import psycopg.conninfo
+
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except Exception:
+        return url.split("@")[-1]
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
 def database_url_from_env() -> str | None:
     return os.environ.get("QUOTAFLOW_DATABASE_URL") or os.environ.get("DATABASE_URL")
 
@@ -291,6 +302,8 @@ class PostgresBackend:
                 "no database URL: pass database_url or set QUOTAFLOW_DATABASE_URL / DATABASE_URL"
             )
         self._url = url
+        self.identity = _without_password(url)
+        """Names the database (no secrets); the default outbox file is chosen by it."""
         self._min_size = min_size
         self._max_size = max_size or int(os.environ.get("QUOTAFLOW_POOL_SIZE", "10"))
         self._timeout = timeout
@@ -387,7 +400,8 @@ class PostgresBackend:
             if row["error_code"]:
                 out.append(error_from_sqlstate(row["error_code"], row["error_message"], {}))
             else:
-                out.append(RecordResult.model_validate(_stringify_ids(row)))
+                result = {k: row[k] for k in RecordResult.model_fields}  # not idx, error_*
+                out.append(RecordResult.model_validate(_stringify_ids(result)))
         return out
 
     def release(self, organization_id: str, request_id: str) -> bool:
@@ -543,6 +557,7 @@ class HttpBackend:
                 " SUPABASE_SERVICE_ROLE_KEY (or QUOTAFLOW_API_KEY)"
             )
         self._base = url.rstrip("/") + "/functions/v1/"
+        self.identity = self._base
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = {"Authorization": f"Bearer {key}", "apikey": key}
 

@@ -74,12 +74,12 @@ def create_database(admin_url: str, name: str) -> str:
     root = repo_root()
     with psycopg.connect(url, autocommit=True) as conn:
         for f in sorted((root / "sql" / "bootstrap").glob("*.sql")):
-            conn.execute(f.read_text())  # type: ignore[arg-type]
+            conn.execute(f.read_text())
     from .cli import apply_migrations
 
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute((root / "supabase" / "seed.sql").read_text())  # type: ignore[arg-type]
+        conn.execute((root / "supabase" / "seed.sql").read_text())
     return url
 
 

@@ -15,6 +15,23 @@ PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "google", "xai")
 PROVIDER_ALIASES = {"gemini": "google", "google-genai": "google", "grok": "xai", "x-ai": "xai"}
 
 
+RESERVED_EXTRA_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "input",
+        "contents",
+        "stream",
+        "max_tokens",
+        "max_output_tokens",
+        "max_completion_tokens",
+    }
+)
+
+MAX_TOKENS_PER_CALL = 10**12
+"""Upper bound of any token count: far above any real call, far below SQL's bigint."""
+
+
 def normalise_provider(value: str) -> str:
     v = value.strip().lower()
     return PROVIDER_ALIASES.get(v, v)
@@ -59,6 +76,16 @@ class AIModelRequest(_Model):
     def _norm_provider(cls, v: Any) -> Any:
         return normalise_provider(v) if isinstance(v, str) else v
 
+    @field_validator("extra")
+    @classmethod
+    def _no_reserved_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # These are set from the request's own fields; overriding them through `extra` would
+        # make the reservation or the response parsing disagree with what is sent.
+        clash = sorted(RESERVED_EXTRA_KEYS & set(v))
+        if clash:
+            raise ValueError(f"extra may not set {', '.join(clash)}: use the request's fields")
+        return v
+
 
 class ExecutionContext(_Model):
     """Who a call is for and where it belongs; seed 004's ExecutionContext."""
@@ -85,11 +112,11 @@ class Usage(_Model):
     counts every generated token including reasoning/thinking; ``reasoning_tokens`` is part of it.
     """
 
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cached_input_tokens: int = Field(default=0, ge=0)
-    cache_write_tokens: int = Field(default=0, ge=0)
-    reasoning_tokens: int = Field(default=0, ge=0)
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    cached_input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    cache_write_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
     estimated: bool = False
     """True when the counts are not the provider's own (missing usage, abandoned stream)."""
 

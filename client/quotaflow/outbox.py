@@ -14,6 +14,7 @@ outbox's delete) is still charged once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -56,11 +57,16 @@ create table if not exists events (
 """
 
 
-def default_outbox_path() -> Path:
+def default_outbox_path(backend_identity: str | None = None) -> Path:
+    """``QUOTAFLOW_OUTBOX_PATH``, else one file per backend under ``~/.quotaflow``, so a
+    process never replays another database's events into its own."""
     env = os.environ.get("QUOTAFLOW_OUTBOX_PATH")
     if env:
         return Path(env)
-    return Path.home() / ".quotaflow" / "outbox.sqlite3"
+    if not backend_identity:
+        return Path.home() / ".quotaflow" / "outbox.sqlite3"
+    digest = hashlib.sha256(backend_identity.encode()).hexdigest()[:12]
+    return Path.home() / ".quotaflow" / f"outbox-{digest}.sqlite3"
 
 
 def _backoff(attempts: int) -> float:
@@ -79,6 +85,8 @@ class Outbox:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drain_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
         self._thread: threading.Thread | None = None
         with self._db() as db:
             db.execute(_SCHEMA)
@@ -86,10 +94,16 @@ class Outbox:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # One connection per thread (sqlite3 connections are not shared between threads);
+            # all of them are remembered so close() can close them.
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             db.execute("pragma journal_mode = wal")
             db.execute("pragma synchronous = full")
             self._local.db = db
+            with self._state_lock:
+                self._connections.append(db)
         return db
 
     # ---- writing -------------------------------------------------------------------
@@ -182,15 +196,17 @@ class Outbox:
             with self._db() as db:
                 for row, result in zip(rows, results, strict=True):
                     key = (row[0], row[1])
-                    if isinstance(result, BackendUnavailableError):
+                    if isinstance(result, TrackingError):
+                        # The backend failed on this event (unreachable, deadlock, a
+                        # serialization failure, ...), it did not refuse it: try again later.
                         db.execute(
                             "update events set attempts = attempts + 1, next_attempt_at = ?,"
                             " last_error = ? where organization_id = ? and request_id = ?",
                             (time.time() + _backoff(row[3] + 1), str(result), *key),
                         )
                     elif isinstance(result, QuotaflowError):
-                        # A permanent refusal (unknown model, conflicting replay): keep it
-                        # for a person to inspect instead of retrying forever.
+                        # A permanent refusal (unknown model, conflicting replay, invalid
+                        # usage): keep it for a person to inspect instead of retrying forever.
                         log.error("outbox event %s/%s refused: %s", *key, result)
                         db.execute(
                             "update events set dead = 1, attempts = attempts + 1, last_error = ?"
@@ -241,20 +257,24 @@ class Outbox:
     # ---- background replayer -------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the background replayer (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="quotaflow-outbox", daemon=True)
-        self._thread.start()
+        """Starts the background replayer (idempotent, thread-safe: one replayer at most)."""
+        with self._state_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="quotaflow-outbox", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 if self.drain_once():
                     continue
-            except Exception as exc:
+            except (BackendUnavailableError, TrackingError) as exc:
                 log.debug("outbox replay postponed: %s", exc)
+            except Exception:
+                # Not the backend being away: a bug worth seeing. The events stay on disk.
+                log.exception("outbox replay failed")
             self._wake.wait(POLL_INTERVAL)
             self._wake.clear()
 
@@ -262,13 +282,16 @@ class Outbox:
         """Tries to drain within ``timeout`` seconds, then stops the replayer. Events still
         pending stay on disk for the next process. True when nothing was left."""
         drained = self.flush(timeout) if self.pending() else True
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        with self._state_lock:
+            self._stop.set()
+            self._wake.set()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+        with self._state_lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
             db.close()
-            self._local.db = None
+        # Threads that used a (now closed) connection reopen one if used again.
+        self._local = threading.local()
         return drained

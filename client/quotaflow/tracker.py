@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
@@ -19,12 +20,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .analytics import AnalyticsMixin
 from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
     ProviderError,
     QuotaflowError,
+    TrackingError,
     ValidationError,
 )
 from .models import (
@@ -188,6 +191,7 @@ def _response(
         latency_ms=call.elapsed_ms(),
         finish_reason=finish_reason,
         duplicate=record.duplicate,
+        deferred=record.deferred,
     )
 
 
@@ -297,8 +301,9 @@ def _stream_event(call: _Call, stream: Any, error: BaseException | None) -> Usag
     """The settle event of a finished, abandoned (success, usage estimated) or broken
     (failure with the usage received so far) stream."""
     usage: Usage = stream.usage
-    return _event(call, usage=usage, success=error is None, finish_reason=stream.finish_reason,
-                  error=error)
+    return _event(
+        call, usage=usage, success=error is None, finish_reason=stream.finish_reason, error=error
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,7 +323,7 @@ def _default_backend() -> Backend:
         ) from None
 
 
-class _Base:
+class _Base(AnalyticsMixin):
     def __init__(
         self,
         backend: Backend | None = None,
@@ -351,20 +356,26 @@ class _Base:
         self._outbox: Outbox | None = None
         self._outbox_path: Path | None = None
         self._outbox_enabled = outbox is not False
+        self._outbox_lock = threading.Lock()
         if isinstance(outbox, Outbox):
             self._outbox = outbox
         elif isinstance(outbox, (str, Path)):
             self._outbox_path = Path(outbox)
         if self._outbox_enabled and self._outbox is None:
-            path = self._outbox_path or default_outbox_path()
+            self._outbox_path = self._outbox_path or default_outbox_path(
+                getattr(self.backend, "identity", None)
+            )
+            path = self._outbox_path
             if path.exists():
                 # An earlier process left events behind: start replaying them now.
                 self._get_outbox().start()
 
     def _get_outbox(self) -> Outbox:
-        if self._outbox is None:
-            self._outbox = Outbox(self.backend, self._outbox_path)
-        return self._outbox
+        # Locked: threads whose settles fail together must share one outbox (one replayer).
+        with self._outbox_lock:
+            if self._outbox is None:
+                self._outbox = Outbox(self.backend, self._outbox_path)
+            return self._outbox
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Waits until every deferred usage event is recorded (or ``timeout`` passes)."""
@@ -424,12 +435,14 @@ class _Base:
     def _settle_sync(self, event: UsageEvent) -> UsageRecord:
         try:
             result = self.backend.record_usage(event)
-        except BackendUnavailableError as exc:
+        except TrackingError as exc:
             if not self._outbox_enabled:
                 raise
             # The provider was called: the usage must not be lost. Keep it durably and
-            # replay it; record_usage is idempotent by request_id.
-            log.warning("backend unavailable; usage %s deferred to the outbox", event.request_id)
+            # replay it; record_usage is idempotent by request_id. (Unreachable, or failing
+            # on its side past the retries: deadlock, serialization failure, ...; refusals
+            # such as PricingNotFoundError are not TrackingErrors and still raise.)
+            log.warning("usage %s deferred to the outbox: %s", event.request_id, exc)
             self._get_outbox().put(event, str(exc))
             return self._record(event, None)
         return self._record(event, result)

@@ -427,9 +427,12 @@ class GeminiAdapter(Adapter):
             config["temperature"] = request.temperature
         if request.max_tokens is not None:
             config["maxOutputTokens"] = request.max_tokens
+        body.update(request.extra)
+        # The app's generation settings pass through; the output cap the reservation
+        # assumed is kept.
+        config = {**request.extra.get("generationConfig", {}), **config}
         if config:
             body["generationConfig"] = config
-        body.update(request.extra)
         return PreparedRequest("POST", path, self._headers(api_key, stream), body, stream)
 
     @staticmethod
