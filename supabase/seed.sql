@@ -27,3 +27,9 @@ insert into public.usage_quotas (organization_id, name, quota_type, metric, enfo
   ('00000000-0000-4000-8000-00000000a11c', 'Per-user daily spend (demo-user)', 'daily', 'usd', 'hard', 1.00, 'demo-user', null, null),
   ('00000000-0000-4000-8000-00000000a11c', 'GPT-4o hourly tokens', 'hourly', 'tokens', 'soft', 200000, null, 'openai', 'gpt-4o'),
   ('00000000-0000-4000-8000-00000000a11c', 'Requests per minute', 'minute', 'requests', 'hard', 120, null, null, null);
+
+-- A demo exchange rate so reports show the organization's BRL figures next to USD
+-- (illustrative, not a live rate: keep currency_rates current yourself).
+insert into public.currency_rates (currency, usd_rate, effective_from, source) values
+  ('BRL', 5.40, '2026-01-01T00:00:00Z', 'demo rate')
+on conflict do nothing;

@@ -484,6 +484,7 @@ def test_public_api_is_pinned() -> None:
         [
             "AIModelRequest",
             "AIModelResponse",
+            "AggregatedUsage",
             "AsyncTrackedStream",
             "AsyncTracker",
             "AuthorizationError",
@@ -497,6 +498,7 @@ def test_public_api_is_pinned() -> None:
             "PricingNotFoundError",
             "ProviderError",
             "QuotaCheck",
+            "QuotaAlert",
             "QuotaExceededError",
             "QuotaStatus",
             "QuotaflowError",
@@ -505,6 +507,7 @@ def test_public_api_is_pinned() -> None:
             "TrackingError",
             "Usage",
             "UsageEvent",
+            "UsageFilters",
             "UsageRecord",
             "ValidationError",
             "check_quota",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from .analytics import AggregatedUsage, QuotaAlert, UsageFilters
 from .backends import Backend, HttpBackend, PostgresBackend
 from .errors import (
     AuthorizationError,
@@ -47,6 +48,7 @@ from .usage import extract_usage
 __all__ = [
     "AIModelRequest",
     "AIModelResponse",
+    "AggregatedUsage",
     "AsyncTrackedStream",
     "AsyncTracker",
     "AuthorizationError",
@@ -59,6 +61,7 @@ __all__ = [
     "PostgresBackend",
     "PricingNotFoundError",
     "ProviderError",
+    "QuotaAlert",
     "QuotaCheck",
     "QuotaExceededError",
     "QuotaStatus",
@@ -68,6 +71,7 @@ __all__ = [
     "TrackingError",
     "Usage",
     "UsageEvent",
+    "UsageFilters",
     "UsageRecord",
     "ValidationError",
     "check_quota",

@@ -665,6 +665,7 @@ class Tracker(_Base):
     def close(self, timeout: float = 10.0) -> None:
         """Drains the outbox (up to ``timeout`` seconds; what is left stays on disk for the
         next process) and closes the backend."""
+        self.stop_alerts()
         if self._outbox is not None:
             self._outbox.close(timeout)
         self.backend.close()
@@ -841,6 +842,7 @@ class AsyncTracker(_Base):
         return await asyncio.to_thread(self.flush, timeout)
 
     async def aclose(self, timeout: float = 10.0) -> None:
+        await asyncio.to_thread(self.stop_alerts)
         if self._outbox is not None:
             await asyncio.to_thread(self._outbox.close, timeout)
         await asyncio.to_thread(self.backend.close)
