@@ -581,7 +581,7 @@ begin
       q.reserved := q.reserved + amount;
       held := held || q.id;
     end if;
-    update public.usage_quotas u set reserved = q.reserved, updated_at = now() where u.id = q.id;
+    update public.usage_quotas u set reserved = trim_scale(q.reserved), updated_at = now() where u.id = q.id;
   end loop;
 
   if cardinality(expired_ids) > 0 then
@@ -765,7 +765,7 @@ begin
       q.current_usage := q.current_usage + private.metric_amount(q.metric, cost, toks);
     end if;
     update public.usage_quotas u
-       set current_usage = q.current_usage, reserved = q.reserved, updated_at = now()
+       set current_usage = trim_scale(q.current_usage), reserved = trim_scale(q.reserved), updated_at = now()
      where u.id = q.id;
   end loop;
 
