@@ -297,6 +297,60 @@ def _finish_reason(raw: Any) -> str | None:
     return None
 
 
+_EMPTY_PROMPT = [{"role": "user", "content": ""}]
+
+
+def _wrap_call(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    messages: Sequence[Any],
+    max_tokens: int | None,
+) -> _Call:
+    request = {
+        "provider": provider,
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": list(messages) or _EMPTY_PROMPT,
+    }
+    return _prepare(request, context)
+
+
+def _track_event(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    api_response: Any,
+    latency_ms: int | None,
+) -> UsageEvent:
+    call = _prepare({"provider": provider, "model": model, "messages": _EMPTY_PROMPT}, context)
+    event = _event(
+        call,
+        usage=extract_usage(call.request.provider, api_response),
+        success=True,
+        finish_reason=_finish_reason(api_response),
+    )
+    if latency_ms is not None:
+        event.latency_ms = latency_ms
+    return event
+
+
+def _failure_event(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    error: BaseException | str,
+    usage: Usage | None,
+    latency_ms: int | None,
+) -> UsageEvent:
+    call = _prepare({"provider": provider, "model": model, "messages": _EMPTY_PROMPT}, context)
+    exc = error if isinstance(error, BaseException) else QuotaflowError(error)
+    event = _event(call, usage=usage or Usage(), success=False, error=exc)
+    if latency_ms is not None:
+        event.latency_ms = latency_ms
+    return event
+
+
 def _stream_event(call: _Call, stream: Any, error: BaseException | None) -> UsageEvent:
     """The settle event of a finished, abandoned (success, usage estimated) or broken
     (failure with the usage received so far) stream."""
@@ -582,15 +636,7 @@ class Tracker(_Base):
         max_tokens: int | None = None,
     ) -> T:
         """Runs the app's own SDK call under a reservation and records what it used."""
-        tracked = _prepare(
-            {
-                "provider": provider,
-                "model": model,
-                "messages": list(messages) or [{"role": "user", "content": ""}],
-                "max_tokens": max_tokens,
-            },
-            context,
-        )
+        tracked = _wrap_call(context, provider, model, messages, max_tokens)
         raw, _ = self._run(_wrap_flow(tracked, call))
         return raw  # type: ignore[no-any-return]
 
@@ -604,19 +650,7 @@ class Tracker(_Base):
         latency_ms: int | None = None,
     ) -> UsageRecord:
         """Records a call made without a reservation, from the provider's raw response."""
-        call = _prepare(
-            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
-            context,
-        )
-        event = _event(
-            call,
-            usage=extract_usage(call.request.provider, api_response),
-            success=True,
-            finish_reason=_finish_reason(api_response),
-        )
-        if latency_ms is not None:
-            event.latency_ms = latency_ms
-        return self._settle_sync(event)
+        return self._settle_sync(_track_event(context, provider, model, api_response, latency_ms))
 
     def track_failure(
         self,
@@ -629,14 +663,7 @@ class Tracker(_Base):
         latency_ms: int | None = None,
     ) -> UsageRecord:
         """Records a failed call (a failure row; usage, if the provider reported any)."""
-        call = _prepare(
-            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
-            context,
-        )
-        exc = error if isinstance(error, BaseException) else QuotaflowError(error)
-        event = _event(call, usage=usage or Usage(), success=False, error=exc)
-        if latency_ms is not None:
-            event.latency_ms = latency_ms
+        event = _failure_event(context, provider, model, error, usage, latency_ms)
         return self._settle_sync(event)
 
     def check_quota(
@@ -677,16 +704,29 @@ class Tracker(_Base):
         self.close()
 
 
-class TrackedStream:
-    """Text chunks of a streaming call; settles once when exhausted, closed or broken."""
+class _StreamState:
+    """What both stream wrappers share: the chunks seen, the error that broke the stream,
+    and the settled response."""
 
-    def __init__(self, tracker: Tracker, call: _Call, stream: Any) -> None:
+    def __init__(self, tracker: _Base, call: _Call, stream: Any) -> None:
         self._tracker = tracker
         self._call = call
         self._stream = stream
         self._chunks: list[str] = []
         self._error: ProviderError | None = None
         self.response: AIModelResponse | None = None
+
+    def _settle_event(self) -> UsageEvent:
+        return _stream_event(self._call, self._stream, self._error)
+
+    def _finish(self, event: UsageEvent, record: UsageRecord) -> None:
+        self.response = _response(
+            self._call, "".join(self._chunks), event.usage, event.finish_reason, record
+        )
+
+
+class TrackedStream(_StreamState):
+    """Text chunks of a streaming call; settles once when exhausted, closed or broken."""
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -705,11 +745,8 @@ class TrackedStream:
         try:
             self._stream.close()
         finally:
-            event = _stream_event(self._call, self._stream, self._error)
-            record = self._tracker._settle_sync(event)
-            self.response = _response(
-                self._call, "".join(self._chunks), event.usage, event.finish_reason, record
-            )
+            event = self._settle_event()
+            self._finish(event, self._tracker._settle_sync(event))
 
     def __enter__(self) -> TrackedStream:
         return self
@@ -783,15 +820,7 @@ class AsyncTracker(_Base):
         messages: Sequence[Any] = (),
         max_tokens: int | None = None,
     ) -> T:
-        tracked = _prepare(
-            {
-                "provider": provider,
-                "model": model,
-                "messages": list(messages) or [{"role": "user", "content": ""}],
-                "max_tokens": max_tokens,
-            },
-            context,
-        )
+        tracked = _wrap_call(context, provider, model, messages, max_tokens)
         raw, _ = await self._run(_wrap_flow(tracked, call))
         return raw  # type: ignore[no-any-return]
 
@@ -804,18 +833,20 @@ class AsyncTracker(_Base):
         *,
         latency_ms: int | None = None,
     ) -> UsageRecord:
-        call = _prepare(
-            {"provider": provider, "model": model, "messages": [{"role": "user", "content": ""}]},
-            context,
-        )
-        event = _event(
-            call,
-            usage=extract_usage(call.request.provider, api_response),
-            success=True,
-            finish_reason=_finish_reason(api_response),
-        )
-        if latency_ms is not None:
-            event.latency_ms = latency_ms
+        event = _track_event(context, provider, model, api_response, latency_ms)
+        return await asyncio.to_thread(self._settle_sync, event)
+
+    async def track_failure(
+        self,
+        context: ExecutionContext | dict[str, Any],
+        provider: str,
+        model: str,
+        error: BaseException | str,
+        *,
+        usage: Usage | None = None,
+        latency_ms: int | None = None,
+    ) -> UsageRecord:
+        event = _failure_event(context, provider, model, error, usage, latency_ms)
         return await asyncio.to_thread(self._settle_sync, event)
 
     async def check_quota(
@@ -848,16 +879,8 @@ class AsyncTracker(_Base):
         await asyncio.to_thread(self.backend.close)
 
 
-class AsyncTrackedStream:
+class AsyncTrackedStream(_StreamState):
     """Async text chunks of a streaming call; settles once when exhausted, closed or broken."""
-
-    def __init__(self, tracker: AsyncTracker, call: _Call, stream: Any) -> None:
-        self._tracker = tracker
-        self._call = call
-        self._stream = stream
-        self._chunks: list[str] = []
-        self._error: ProviderError | None = None
-        self.response: AIModelResponse | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
@@ -876,8 +899,5 @@ class AsyncTrackedStream:
         try:
             await self._stream.aclose()
         finally:
-            event = _stream_event(self._call, self._stream, self._error)
-            record = await asyncio.to_thread(self._tracker._settle_sync, event)
-            self.response = _response(
-                self._call, "".join(self._chunks), event.usage, event.finish_reason, record
-            )
+            event = self._settle_event()
+            self._finish(event, await asyncio.to_thread(self._tracker._settle_sync, event))
