@@ -1,0 +1,1 @@
+"""quotaflow benchmarks: ``python bench/run.py`` (see bench/run.py)."""
