@@ -31,6 +31,7 @@ declare
   u jsonb;
   i integer := 0;
   r record;
+  k bigint;
 begin
   if events is null or jsonb_typeof(events) <> 'array' then
     raise exception 'events must be a JSON array' using errcode = '22023';
@@ -40,10 +41,21 @@ begin
       using errcode = '22023';
   end if;
 
-  -- Take every lock the batch will need up front, in the same order as single calls
-  -- (reservations, then quotas by id), so batches never deadlock with each other or with
-  -- reserve_quota / record_usage.
+  -- Take every lock the batch will need up front, in the order single calls take theirs:
+  -- first the per-request advisory locks of reserve_quota / record_usage (all of them, in
+  -- key order), then reservations, then quotas by id. So batches never deadlock with each
+  -- other, nor with a reserve or single settle of one of their request_ids (which holds its
+  -- advisory lock while it waits for the rows).
   -- (Events whose organization_id is not a uuid fail on their own below.)
+  for k in
+    select distinct pg_catalog.hashtextextended((x ->> 'organization_id')::uuid::text || '/' || (x ->> 'request_id'), 0)
+    from jsonb_array_elements(events) x
+    where x ->> 'organization_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+      and x ->> 'request_id' is not null
+    order by 1
+  loop
+    perform pg_catalog.pg_advisory_xact_lock(k);
+  end loop;
   perform 1
   from public.quota_reservations qr
   join (
