@@ -33,6 +33,8 @@ reserve         POST      owners/admins; the service role; API keys
 release         POST      owners/admins; the service role; API keys
 usage_stats     GET, POST owners/admins; the service role; API keys — and a member for
                           ``type=user`` of their own user id
+dashboard       GET       the page: anyone (it holds no organization data);
+                          ``format=json``, its data: members; the service role; API keys
 =============== ========= ==========================================================
 
 Why: ``execute`` measures usage itself (the provider's own counts), so any member may spend
@@ -40,7 +42,10 @@ the organization's quota through it — as themselves: a member's ``context.user
 to their user id and may not name someone else (per-user quotas would be dodged). ``track``,
 ``reserve`` and ``release`` write the ledger with numbers the *caller* reports, so they take a
 server credential (service role, the organization's API key) or an owner/admin. Reports of
-the whole organization are for owners/admins (seed 003's admin API).
+the whole organization are for owners/admins (seed 003's admin API). The dashboard's data is
+for every member: it shows what RLS already lets a member read (their organization's log
+rows and quotas), and a browser cannot send a credential with a page load, so the page itself
+is a data-free shell whose script fetches ``format=json`` with the credential it is given.
 
 Errors are ``{"error": {"code", "message", ...}}``: 400 invalid body (``errors`` per field),
 401, 403, 404 unknown organization, 409 request_id conflict, 413 body over 1 MiB, 422 no price,
@@ -50,12 +55,18 @@ Errors are ``{"error": {"code", "message", ...}}``: 400 invalid body (``errors``
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import re
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import flask
 import functions_framework
 from pydantic import (
     BeforeValidator,
@@ -66,7 +77,7 @@ from pydantic import (
     model_validator,
 )
 from quotaflow import reports
-from quotaflow.auth import ADMIN_ROLES
+from quotaflow.auth import ADMIN_ROLES, authenticate
 from quotaflow.errors import (
     AuthorizationError,
     BackendUnavailableError,
@@ -101,6 +112,7 @@ from quotaflow_http import (
     Reply,
     endpoint,
     item_error,
+    json_response,
     openapi_document,
     sse_event,
     sse_response,
@@ -109,6 +121,7 @@ from quotaflow_http import (
 MAX_TOKENS = 10**12
 """Per call and kind of token: far above any real call, far below bigint."""
 MAX_BATCH = 1000
+DASHBOARD_PAGE = Path(__file__).with_name("dashboard.html")
 
 OrgId = Annotated[
     str,
@@ -417,6 +430,14 @@ class UsageStatsBulkResult(Out):
     results: list[UsageStatsResult]
 
 
+class DashboardQuery(OrganizationQuery):
+    format: Literal["html", "json"] = Field(
+        default="html",
+        description="html: the page (no organization data; no credential needed); json: the "
+        "data it draws (needs a credential).",
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Targets
 # ---------------------------------------------------------------------------------------
@@ -702,3 +723,70 @@ def _report(call: Call, org: str, f: StatsFilter) -> UsageStatsResult:
     else:
         data = reports.overview(db, org, start=f.start_date, end=f.end_date, user_id=f.user_id)
     return UsageStatsResult(type=f.type, data=data)
+
+
+@functions_framework.http
+@endpoint(
+    Op(
+        "GET",
+        query=DashboardQuery,
+        response=reports.DashboardReport,
+        html=True,
+        summary="An organization's usage dashboard: the page, or (format=json) its data.",
+    ),
+    auth=False,
+    errors=(401, 403, 404, 503),
+)
+def dashboard(call: Call) -> Reply:
+    """The organization's usage dashboard: spend per day (last 30 local days), by model and by
+    user, every quota, the 20 most recent calls. ``format=html`` (default) is the page, served
+    to anyone and holding no organization data: its script takes the credential from the URL
+    fragment (``#access_token=...``) or a form and fetches ``format=json``, which needs
+    ``Authorization: Bearer`` of a member, the service role or an organization API key."""
+    q: DashboardQuery = call.query
+    if q.format == "html":
+        page, csp = _dashboard_page()
+        return flask.Response(
+            page,
+            mimetype="text/html",
+            headers={
+                "Content-Security-Policy": csp,
+                "Cache-Control": "no-cache",
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+    call.principal = authenticate(
+        call.request.headers.get("Authorization"), call.settings.auth, lambda: call.backend
+    )
+    call.authorize(q.organization_id)
+    return json_response(
+        reports.dashboard(call.backend, q.organization_id),
+        headers={"Cache-Control": "no-store", "Vary": "Authorization"},
+    )
+
+
+@functools.cache
+def _dashboard_page() -> tuple[str, str]:
+    """The page and its Content-Security-Policy: nothing but its own inline script and style
+    (allowed by hash) and requests to its own origin."""
+    page = DASHBOARD_PAGE.read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    csp = "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {hashes('script')}",
+            f"style-src {hashes('style')}",
+            "connect-src 'self'",
+            "img-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return page, csp

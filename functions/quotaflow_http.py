@@ -482,6 +482,8 @@ class Op:
     """For a union ``body``: picks the member to validate a body as (clearer errors)."""
     stream: Any = None
     """When 200 may also be ``text/event-stream``: the type of each event's JSON ``data``."""
+    html: bool = False
+    """When 200 may also be a ``text/html`` page (chosen by a query parameter)."""
     summary: str = ""
 
 
@@ -792,6 +794,8 @@ def openapi_document(
                             },
                         },
                     }
+            if op.html:
+                ok.setdefault("content", {})["text/html"] = {"schema": {"type": "string"}}
             operation["responses"] = {
                 "200": ok,
                 **{str(s): error_response(s) for s in sorted(statuses)},

@@ -2,7 +2,8 @@
 # Prepare this machine for the test suite; idempotent, non-interactive, silent on success.
 #
 #   - apt: postgresql-15 (if no PostgreSQL 15 server is installed), postgresql-15-plpgsql-check
-#     (needed by `supabase db lint`), node/npm if missing. `apt-get update` only when installing.
+#     (needed by `supabase db lint`), node/npm if missing, chromium (the dashboard's browser test
+#     drives Debian's chromium with Playwright). `apt-get update` only when installing.
 #   - the PostgreSQL 15 cluster running and accepting trust connections from user postgres on
 #     127.0.0.1:5432 (a fresh Debian install uses scram for TCP: a trust rule for loopback is
 #     added to pg_hba.conf, for local tests only).
@@ -47,6 +48,7 @@ missing=()
 installed "postgresql-$PG_MAJOR" || missing+=("postgresql-$PG_MAJOR" "postgresql-contrib")
 installed "postgresql-$PG_MAJOR-plpgsql-check" || missing+=("postgresql-$PG_MAJOR-plpgsql-check")
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+installed chromium || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   run as_root apt-get update -qq
   run as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"

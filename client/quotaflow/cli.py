@@ -1016,7 +1016,11 @@ def cmd_outbox_flush(args: argparse.Namespace) -> int:
         or os.environ.get("QUOTAFLOW_DATABASE_URL")
         or os.environ.get("DATABASE_URL")
     )
-    backend: Any = PostgresBackend(url, max_size=2) if url else HttpBackend()
+    # A connection attempt must not outlast the flush's own time budget.
+    wait = max(1.0, min(10.0, args.timeout))
+    backend: Any = (
+        PostgresBackend(url, max_size=2, timeout=wait) if url else HttpBackend(timeout=wait)
+    )
     box = outbox.Outbox(backend, args.path)
     before = box.pending()
     try:

@@ -1,12 +1,14 @@
 """Usage reports over ``api_usage_logs``, one organization at a time (seed 003's analytics).
 
-Five reports, each a plain SQL query returning a pydantic model (money as ``Decimal``):
+Six reports, each plain SQL returning a pydantic model (money as ``Decimal``):
 
 * :func:`overview` — totals, per provider, per model and per day;
 * :func:`user_report` — the same for one app user (``api_usage_logs.user_id``);
 * :func:`organization_report` — totals, per user and per model;
 * :func:`trends` — one point per local day, days without calls included;
-* :func:`model_performance` — per model: success rate, latency (mean, p50, p95), tokens, cost.
+* :func:`model_performance` — per model: success rate, latency (mean, p50, p95), tokens, cost;
+* :func:`dashboard` — what the usage dashboard shows: the last N local days, spend per day, per
+  model and per user, every quota and the most recent calls, read in one snapshot.
 
 Periods: ``start``/``end`` may be dates or datetimes. Dates are whole days in the
 organization's time zone, ``end`` included; datetimes are instants (without an offset, UTC),
@@ -19,6 +21,8 @@ been authorized for (the HTTP functions do; RLS does the same for ``authenticate
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -27,18 +31,22 @@ from pydantic import BaseModel, ConfigDict
 
 from ._db import Db, db_cursor
 from .errors import ValidationError
+from .models import QuotaStatus
 
 __all__ = [
     "DailyPoint",
+    "DashboardReport",
     "Group",
     "ModelPerformance",
     "ModelPerformanceReport",
     "OrganizationReport",
     "OverviewReport",
     "Period",
+    "RecentCall",
     "Totals",
     "TrendsReport",
     "UserReport",
+    "dashboard",
     "model_performance",
     "organization_report",
     "overview",
@@ -49,6 +57,9 @@ __all__ = [
 MAX_GROUPS = 100
 """Rows per breakdown (by model, by user, ...), largest cost first."""
 MAX_TREND_DAYS = 366
+DASHBOARD_DAYS = 30
+"""Local days the dashboard covers, today included."""
+DASHBOARD_RECENT_CALLS = 20
 
 
 class _Model(BaseModel):
@@ -175,6 +186,46 @@ class ModelPerformanceReport(_Model):
     models: list[ModelPerformance]
 
 
+class RecentCall(_Model):
+    """One logged call, as the dashboard lists it."""
+
+    request_id: str
+    occurred_at: datetime
+    user_id: str | None
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: Decimal
+    success: bool
+    error_code: str | None
+    error_message: str | None
+    latency_ms: int | None
+
+
+class DashboardReport(_Model):
+    """Everything the usage dashboard draws, for one organization."""
+
+    organization_id: str
+    name: str
+    time_zone: str
+    days: int
+    period: Period
+    """The last ``days`` local days, today included."""
+    totals: Totals
+    daily: list[DailyPoint]
+    """One point per local day of the period, days without calls included."""
+    by_model: list[Group]
+    by_user: list[Group]
+    """Calls without a user_id form one group with ``user_id`` None."""
+    quotas: list[QuotaStatus]
+    """Every quota as ``get_quota_status`` reports it (usage in the current window)."""
+    recent_calls: list[RecentCall]
+    """The most recent calls, newest first, whatever the period."""
+    generated_at: datetime
+
+
 # ---------------------------------------------------------------------------------------
 # SQL
 # ---------------------------------------------------------------------------------------
@@ -265,6 +316,18 @@ select min((l.occurred_at at time zone %(tz)s)::date) as first_day,
        max((l.occurred_at at time zone %(tz)s)::date) as last_day
 from public.api_usage_logs l
 where {_WHERE}
+"""
+
+_QUOTAS_SQL = "select * from public.get_quota_status(%(org)s)"
+
+_RECENT_SQL = """
+select l.request_id, l.occurred_at, l.user_id, l.provider, l.model, l.input_tokens,
+       l.output_tokens, l.total_tokens, l.cost_usd, l.success, l.error_code, l.error_message,
+       l.latency_ms
+from public.api_usage_logs l
+where l.organization_id = %(org)s
+order by l.occurred_at desc, l.id desc
+limit %(limit)s
 """
 
 _PERFORMANCE_SQL = f"""
@@ -486,3 +549,55 @@ def model_performance(
 
 def _as_date(value: date | datetime) -> date:
     return value.date() if isinstance(value, datetime) else value
+
+
+@contextmanager
+def _snapshot(cur: Any) -> Iterator[None]:
+    """One read-only repeatable-read transaction on an autocommit connection, so figures
+    read by several statements agree with each other; a caller's open transaction is joined."""
+    conn = cur.connection
+    if not conn.autocommit:
+        yield
+        return
+    with conn.transaction():
+        cur.execute("set transaction isolation level repeatable read, read only")
+        yield
+
+
+def dashboard(
+    db: Db,
+    organization_id: str,
+    *,
+    days: int = DASHBOARD_DAYS,
+    recent: int = DASHBOARD_RECENT_CALLS,
+) -> DashboardReport:
+    """The usage dashboard's data: the last ``days`` local days (today included) with spend
+    per day, per model and per user; every quota; the ``recent`` most recent calls."""
+    if not 1 <= days <= MAX_TREND_DAYS:
+        raise ValidationError(f"days must be between 1 and {MAX_TREND_DAYS}", field="days")
+    if not 1 <= recent <= MAX_GROUPS:
+        raise ValidationError(f"recent must be between 1 and {MAX_GROUPS}", field="recent")
+    with db_cursor(db) as cur, _snapshot(cur):
+        today = _Scope(cur, organization_id, None, None).today
+        first = today - timedelta(days=days - 1)
+        scope = _Scope(cur, organization_id, first, today)
+        params = {"org": organization_id, "limit": recent}
+        quotas = cur.execute(_QUOTAS_SQL, params).fetchall()
+        calls = cur.execute(_RECENT_SQL, params).fetchall()
+        now = cur.execute("select now() as now").fetchone()["now"]
+        return DashboardReport(
+            organization_id=organization_id,
+            name=scope.name,
+            time_zone=scope.time_zone,
+            days=days,
+            period=scope.period,
+            totals=scope.totals(),
+            daily=scope.daily(first, today),
+            by_model=scope.groups("provider", "model"),
+            by_user=scope.groups("user_id"),
+            quotas=[
+                QuotaStatus.model_validate({**q, "quota_id": str(q["quota_id"])}) for q in quotas
+            ],
+            recent_calls=[RecentCall.model_validate(c) for c in calls],
+            generated_at=now,
+        )
