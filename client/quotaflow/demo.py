@@ -335,8 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             scenario(tracker, fake, conn, server.functions_url, service_key)
         say()
-        say(f"dashboard: {server.functions_url}/dashboard?organization_id={ORG}")
-        say("           (Authorization: Bearer <service key or member JWT>)")
+        dashboard = f"{server.functions_url}/dashboard?organization_id={ORG}"
+        if args.keep:
+            # The demo's throwaway service key, so the page can be opened as it is.
+            say(f"dashboard: {dashboard}#access_token={service_key}")
+        else:
+            say(f"dashboard: {dashboard}  (run with --keep to open it)")
         if args.keep:
             say("serving until Ctrl-C ...")
             with suppress(KeyboardInterrupt):
