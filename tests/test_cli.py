@@ -387,5 +387,5 @@ def test_migrate_with_the_supabase_cli(
     assert "Applying migration" in out + err
     with psycopg.connect(bootstrap_db_url) as c:
         assert c.execute(
-            "select to_regprocedure('public.usage_summary(uuid,timestamptz,timestamptz)')"
+            "select to_regprocedure('public.usage_summary(uuid,timestamptz,timestamptz,text)')"
         ).fetchone() != (None,)

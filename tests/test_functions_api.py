@@ -437,6 +437,8 @@ def test_usage_stats_overview_totals_and_breakdowns(usage: Api) -> None:
     totals = body["data"]["totals"]
     assert (totals["requests"], totals["successful"], totals["failed"]) == (4, 3, 1)
     assert totals["unique_users"] == 2 and Decimal(totals["success_rate"]) == Decimal("0.75")
+    assert totals["display_currency"] == "USD"
+    assert Decimal(totals["cost_display"]) == Decimal(totals["cost_usd"]) > 0
     assert {g["provider"] for g in body["data"]["by_provider"]} == {"openai", "anthropic"}
     assert len(body["data"]["daily"]) == 1
 

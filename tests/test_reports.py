@@ -187,6 +187,32 @@ def test_unknown_dimension_is_refused(data: Conn) -> None:
         data.execute("select * from public.usage_by_dimension(%s, 'planet')", (rd.ORG_A,))
 
 
+def test_reports_of_one_user_count_only_that_users_calls(data: Conn) -> None:
+    """user_id narrows usage_summary, usage_by_day, usage_by_dimension and model_performance
+    to the figures of that user's row in the per-user report (u2: 2 calls, $0.0088)."""
+    args = (rd.ORG_A, rd.START, rd.END)
+    s = one(data, "select * from public.usage_summary(%s, %s, %s, 'u2')", *args)
+    assert (s["requests"], s["total_tokens"], s["cost_usd"], s["credits"]) == (
+        2,
+        6500,
+        D("0.0088"),
+        D("8.8"),
+    )
+    assert s["cost_display"] == D("0.0008") * 5 + D("0.008") * 6
+    days = rows(data, "select * from public.usage_by_day(%s, %s, %s, null, 'u2')", *args)
+    assert (sum(d["requests"] for d in days), sum(d["cost_usd"] for d in days)) == (2, D("0.0088"))
+    by_model = rows(
+        data, "select * from public.usage_by_dimension(%s, 'model', %s, %s, 'u2')", *args
+    )
+    assert sum(r["cost_usd"] for r in by_model) == D("0.0088")
+    perf = rows(data, "select * from public.model_performance(%s, %s, %s, 'u2')", *args)
+    assert (sum(r["requests"] for r in perf), sum(r["credits"] for r in perf)) == (2, D("8.8"))
+    assert (
+        one(data, "select * from public.usage_summary(%s, %s, %s, 'nobody')", *args)["requests"]
+        == 0
+    )
+
+
 def test_model_performance_error_rate_latency_percentiles_and_cost(data: Conn) -> None:
     got = rows(
         data, "select * from public.model_performance(%s, %s, %s)", rd.ORG_A, rd.START, rd.END

@@ -1,6 +1,9 @@
 """Usage reports over ``api_usage_logs``, one organization at a time (seed 003's analytics).
 
-Six reports, each plain SQL returning a pydantic model (money as ``Decimal``):
+Six reports, each a pydantic model (money as ``Decimal``) built from the SQL report functions
+of the reports migration (``usage_summary``, ``usage_by_day``, ``usage_by_dimension``,
+``model_performance``), so a figure here is the figure those functions (and ``sql/queries/``)
+give; costs come in USD and, as ``cost_display``, in the organization's display currency:
 
 * :func:`overview` — totals, per provider, per model and per day;
 * :func:`user_report` — the same for one app user (``api_usage_logs.user_id``);
@@ -14,9 +17,9 @@ Periods: ``start``/``end`` may be dates or datetimes. Dates are whole days in th
 organization's time zone, ``end`` included; datetimes are instants (without an offset, UTC),
 ``end`` excluded. Days are always the organization's local days, computed in the database.
 
-``db`` is a psycopg connection, a :class:`~quotaflow.backends.PostgresBackend` or a URL. The
-queries filter on ``organization_id`` themselves: run them for an organization the caller has
-been authorized for (the HTTP functions do; RLS does the same for ``authenticated``).
+``db`` is a psycopg connection, a :class:`~quotaflow.backends.PostgresBackend` or a URL. Run
+the reports as the service (the HTTP functions do, for an organization the caller has been
+authorized for); as ``authenticated`` the SQL functions refuse non-members (42501).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -92,6 +95,10 @@ class Totals(_Model):
     total_tokens: int
     cost_usd: Decimal
     credits: Decimal
+    display_currency: str
+    """The organization's display currency (USD without one)."""
+    cost_display: Decimal | None
+    """cost_usd in the display currency at the rates in force; None when a rate is missing."""
     average_cost_usd: Decimal | None
     average_latency_ms: Decimal | None
     unique_users: int
@@ -110,6 +117,7 @@ class Group(_Model):
     total_tokens: int
     cost_usd: Decimal
     credits: Decimal
+    cost_display: Decimal | None
 
 
 class DailyPoint(_Model):
@@ -123,7 +131,7 @@ class DailyPoint(_Model):
     total_tokens: int
     cost_usd: Decimal
     credits: Decimal
-    unique_users: int
+    cost_display: Decimal | None
 
 
 class ModelPerformance(_Model):
@@ -142,6 +150,8 @@ class ModelPerformance(_Model):
     average_output_tokens: Decimal
     total_tokens: int
     cost_usd: Decimal
+    cost_display: Decimal | None
+    average_cost_usd: Decimal
     cost_per_1k_tokens: Decimal | None
 
 
@@ -227,16 +237,11 @@ class DashboardReport(_Model):
 
 
 # ---------------------------------------------------------------------------------------
-# SQL
+# SQL: the figures come from the report functions of the reports migration
 # ---------------------------------------------------------------------------------------
 
-_WHERE = """l.organization_id = %(org)s
-  and (%(lo)s::timestamptz is null or l.occurred_at >= %(lo)s::timestamptz)
-  and (%(hi)s::timestamptz is null or l.occurred_at < %(hi)s::timestamptz)
-  and (%(user_id)s::text is null or l.user_id = %(user_id)s::text)"""
-
 _PERIOD_SQL = """
-select o.name, o.time_zone,
+select o.name, o.time_zone, now() as now,
        case when %(start_day)s::date is not null
             then %(start_day)s::date::timestamp at time zone o.time_zone
             else %(start_at)s::timestamptz end as lo,
@@ -248,75 +253,32 @@ from public.organizations o
 where o.id = %(org)s
 """
 
-_TOTALS_SQL = f"""
-select count(*)::bigint as requests,
-       (count(*) filter (where l.success))::bigint as successful,
-       (count(*) filter (where not l.success))::bigint as failed,
-       round((count(*) filter (where l.success))::numeric / nullif(count(*), 0), 4) as success_rate,
-       coalesce(sum(l.input_tokens), 0)::bigint as input_tokens,
-       coalesce(sum(l.output_tokens), 0)::bigint as output_tokens,
-       coalesce(sum(l.cached_input_tokens), 0)::bigint as cached_input_tokens,
-       coalesce(sum(l.cache_write_tokens), 0)::bigint as cache_write_tokens,
-       coalesce(sum(l.reasoning_tokens), 0)::bigint as reasoning_tokens,
-       coalesce(sum(l.total_tokens), 0)::bigint as total_tokens,
-       coalesce(sum(l.cost_usd), 0) as cost_usd,
-       coalesce(sum(l.credits), 0) as credits,
-       trim_scale(round(avg(l.cost_usd), 8)) as average_cost_usd,
-       round(avg(l.latency_ms), 1) as average_latency_ms,
-       count(distinct l.user_id)::bigint as unique_users,
-       min(l.occurred_at) as first_at,
-       max(l.occurred_at) as last_at
+_SPAN_SQL = """
+select min(l.occurred_at) as first_at, max(l.occurred_at) as last_at
 from public.api_usage_logs l
-where {_WHERE}
+where l.organization_id = %(org)s
+  and l.occurred_at >= coalesce(%(lo)s::timestamptz, '-infinity')
+  and l.occurred_at < coalesce(%(hi)s::timestamptz, 'infinity')
+  and (%(user_id)s::text is null or l.user_id = %(user_id)s::text)
 """
 
-_GROUP_SQL = """
-select {keys}, count(*)::bigint as requests,
-       (count(*) filter (where not l.success))::bigint as failed,
-       coalesce(sum(l.total_tokens), 0)::bigint as total_tokens,
-       coalesce(sum(l.cost_usd), 0) as cost_usd,
-       coalesce(sum(l.credits), 0) as credits
-from public.api_usage_logs l
-where {where}
-group by {keys}
-order by cost_usd desc, requests desc, {keys}
-limit {limit}
+_SUMMARY_SQL = "select * from public.usage_summary(%(org)s, %(lo)s, %(hi)s, %(user_id)s)"
+
+_USERS_SQL = """
+select count(d.key) as users
+from public.usage_by_dimension(%(org)s, 'user', %(lo)s, %(hi)s, %(user_id)s) d
 """
 
-_DAILY_SQL = f"""
-with days as (
-  select d::date as day
-  from generate_series(%(first_day)s::date, %(last_day)s::date, interval '1 day') d
-), agg as (
-  select (l.occurred_at at time zone %(tz)s)::date as day,
-         count(*)::bigint as requests,
-         (count(*) filter (where not l.success))::bigint as failed,
-         sum(l.input_tokens)::bigint as input_tokens,
-         sum(l.output_tokens)::bigint as output_tokens,
-         sum(l.total_tokens)::bigint as total_tokens,
-         sum(l.cost_usd) as cost_usd,
-         sum(l.credits) as credits,
-         count(distinct l.user_id)::bigint as unique_users
-  from public.api_usage_logs l
-  where {_WHERE}
-  group by 1
-)
-select days.day as date,
-       coalesce(agg.requests, 0) as requests, coalesce(agg.failed, 0) as failed,
-       coalesce(agg.input_tokens, 0) as input_tokens,
-       coalesce(agg.output_tokens, 0) as output_tokens,
-       coalesce(agg.total_tokens, 0) as total_tokens, coalesce(agg.cost_usd, 0) as cost_usd,
-       coalesce(agg.credits, 0) as credits, coalesce(agg.unique_users, 0) as unique_users
-from days left join agg on agg.day = days.day
-order by days.day
+_DIMENSION_SQL = f"""
+select * from public.usage_by_dimension(%(org)s, %(dimension)s, %(lo)s, %(hi)s, %(user_id)s)
+  with ordinality d
+order by d.ordinality
+limit {MAX_GROUPS}
 """
 
-_ACTIVE_DAYS_SQL = f"""
-select min((l.occurred_at at time zone %(tz)s)::date) as first_day,
-       max((l.occurred_at at time zone %(tz)s)::date) as last_day
-from public.api_usage_logs l
-where {_WHERE}
-"""
+_BY_DAY_SQL = "select * from public.usage_by_day(%(org)s, %(lo)s, %(hi)s, null, %(user_id)s)"
+
+_PERFORMANCE_SQL = "select * from public.model_performance(%(org)s, %(lo)s, %(hi)s, %(user_id)s)"
 
 _QUOTAS_SQL = "select * from public.get_quota_status(%(org)s)"
 
@@ -330,30 +292,7 @@ order by l.occurred_at desc, l.id desc
 limit %(limit)s
 """
 
-_PERFORMANCE_SQL = f"""
-select l.provider, l.model,
-       count(*)::bigint as requests,
-       (count(*) filter (where l.success))::bigint as successful,
-       (count(*) filter (where not l.success))::bigint as failed,
-       round((count(*) filter (where l.success))::numeric / count(*), 4) as success_rate,
-       round(avg(l.latency_ms), 1) as average_latency_ms,
-       round((percentile_cont(0.5) within group (order by l.latency_ms))::numeric, 1)
-         as p50_latency_ms,
-       round((percentile_cont(0.95) within group (order by l.latency_ms))::numeric, 1)
-         as p95_latency_ms,
-       round(avg(l.input_tokens), 1) as average_input_tokens,
-       round(avg(l.output_tokens), 1) as average_output_tokens,
-       coalesce(sum(l.total_tokens), 0)::bigint as total_tokens,
-       coalesce(sum(l.cost_usd), 0) as cost_usd,
-       case when sum(l.total_tokens) > 0
-            then trim_scale(round(sum(l.cost_usd) * 1000 / sum(l.total_tokens), 8)) end
-         as cost_per_1k_tokens
-from public.api_usage_logs l
-where {_WHERE}
-group by l.provider, l.model
-order by requests desc, cost_usd desc, l.provider, l.model
-limit {MAX_GROUPS}
-"""
+_TICK = timedelta(microseconds=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,7 +301,11 @@ limit {MAX_GROUPS}
 
 
 class _Scope:
-    """An organization, a period and optionally one user, resolved against the database."""
+    """An organization, a period and optionally one user, resolved against the database.
+
+    The SQL reports need finite bounds: ``params`` span the period's first to last call (an
+    empty range without calls), which selects the same calls as the period, unbounded or not.
+    """
 
     def __init__(
         self,
@@ -386,43 +329,103 @@ class _Scope:
             raise ValidationError(
                 f"unknown organization {organization_id}", field="organization_id"
             )
-        if row["lo"] is not None and row["hi"] is not None and row["lo"] >= row["hi"]:
+        lo, hi = row["lo"], row["hi"]
+        if lo is not None and hi is not None and lo >= hi:
             raise ValidationError("the period is empty: start must be before end", field="end_date")
+        span = {"org": organization_id, "lo": lo, "hi": hi, "user_id": user_id}
+        self.first_at, self.last_at = cur.execute(_SPAN_SQL, span).fetchone().values()
         self.cur = cur
-        self.organization_id = organization_id
         self.name: str = row["name"]
         self.time_zone: str = row["time_zone"]
         self.today: date = row["today"]
-        self.period = Period(start=row["lo"], end=row["hi"], time_zone=self.time_zone)
-        self.params = {"org": organization_id, "lo": row["lo"], "hi": row["hi"], "user_id": user_id}
+        self.now: datetime = row["now"]
+        self.period = Period(start=lo, end=hi, time_zone=self.time_zone)
+        if self.first_at is None:
+            span["lo"] = span["hi"] = lo or hi or row["now"]
+        else:
+            span["lo"], span["hi"] = self.first_at, self.last_at + _TICK
+        self.params = span
 
     def totals(self) -> Totals:
-        return Totals.model_validate(self.cur.execute(_TOTALS_SQL, self.params).fetchone())
-
-    def groups(self, *keys: str) -> list[Group]:
-        sql = _GROUP_SQL.format(
-            keys=", ".join(f"l.{k}" for k in keys), where=_WHERE, limit=MAX_GROUPS
+        s = self.cur.execute(_SUMMARY_SQL, self.params).fetchone()
+        users = self.cur.execute(_USERS_SQL, self.params).fetchone()["users"]
+        return Totals(
+            requests=s["requests"],
+            successful=s["successful_requests"],
+            failed=s["failed_requests"],
+            success_rate=_rate(s["successful_requests"], s["requests"]),
+            input_tokens=s["input_tokens"],
+            output_tokens=s["output_tokens"],
+            cached_input_tokens=s["cached_input_tokens"],
+            cache_write_tokens=s["cache_write_tokens"],
+            reasoning_tokens=s["reasoning_tokens"],
+            total_tokens=s["total_tokens"],
+            cost_usd=s["cost_usd"],
+            credits=s["credits"],
+            display_currency=s["display_currency"],
+            cost_display=s["cost_display"],
+            average_cost_usd=s["avg_cost_usd"],
+            average_latency_ms=s["avg_latency_ms"],
+            unique_users=users,
+            first_at=self.first_at,
+            last_at=self.last_at,
         )
-        return [Group.model_validate(r) for r in self.cur.execute(sql, self.params).fetchall()]
 
-    def daily(
-        self, first_day: date | None = None, last_day: date | None = None
-    ) -> list[DailyPoint]:
-        """Every local day from first to last; by default the days of the period that had
-        calls (none for a period without calls)."""
-        if first_day is None or last_day is None:
-            row = self.cur.execute(
-                _ACTIVE_DAYS_SQL, {**self.params, "tz": self.time_zone}
-            ).fetchone()
-            if row is None or row["first_day"] is None:
-                return []
-            first_day = first_day or row["first_day"]
-            last_day = last_day or row["last_day"]
-        rows = self.cur.execute(
-            _DAILY_SQL,
-            {**self.params, "tz": self.time_zone, "first_day": first_day, "last_day": last_day},
-        ).fetchall()
-        return [DailyPoint.model_validate(r) for r in rows]
+    def groups(self, dimension: str) -> list[Group]:
+        """Per ``user`` or ``provider``: usage_by_dimension's rows."""
+        rows = self.cur.execute(_DIMENSION_SQL, {**self.params, "dimension": dimension})
+        key = "user_id" if dimension == "user" else dimension
+        return [_group(r, **{key: r["key"]}) for r in rows.fetchall()]
+
+    def performance(self) -> list[dict[str, Any]]:
+        return list(self.cur.execute(_PERFORMANCE_SQL, self.params).fetchall())
+
+    def by_model(self) -> list[Group]:
+        """Per provider and model (model_performance's rows), most expensive first."""
+        rows = sorted(
+            self.performance(),
+            key=lambda r: (-r["cost_usd"], -r["requests"], r["provider"], r["model"]),
+        )
+        return [_group(r, provider=r["provider"], model=r["model"]) for r in rows[:MAX_GROUPS]]
+
+    def daily(self, dense: bool = False) -> list[DailyPoint]:
+        """Every local day of the period when ``dense``; else the days from the first call's
+        to the last call's (none for a period without calls)."""
+        if not dense and self.first_at is None:
+            return []
+        lo, hi = (self.period.start, self.period.end) if dense else (None, None)
+        params = {**self.params, "lo": lo or self.params["lo"], "hi": hi or self.params["hi"]}
+        return [
+            DailyPoint(
+                date=r["day"],
+                requests=r["requests"],
+                failed=r["failed_requests"],
+                input_tokens=r["input_tokens"],
+                output_tokens=r["output_tokens"],
+                total_tokens=r["total_tokens"],
+                cost_usd=r["cost_usd"],
+                credits=r["credits"],
+                cost_display=r["cost_display"],
+            )
+            for r in self.cur.execute(_BY_DAY_SQL, params).fetchall()
+        ]
+
+
+def _group(row: dict[str, Any], **keys: str | None) -> Group:
+    return Group(
+        **keys,
+        requests=row["requests"],
+        failed=row["failed_requests"],
+        total_tokens=row["total_tokens"],
+        cost_usd=row["cost_usd"],
+        credits=row["credits"],
+        cost_display=row["cost_display"],
+    )
+
+
+def _rate(part: int, whole: int) -> Decimal | None:
+    """part / whole to 4 decimals, as SQL's round(); None for nothing."""
+    return (Decimal(part) / whole).quantize(Decimal("0.0001"), ROUND_HALF_UP) if whole else None
 
 
 def _day(value: date | datetime | None) -> date | None:
@@ -452,7 +455,7 @@ def overview(
             user_id=user_id,
             totals=scope.totals(),
             by_provider=scope.groups("provider"),
-            by_model=scope.groups("provider", "model"),
+            by_model=scope.by_model(),
             daily=scope.daily(),
         )
 
@@ -473,7 +476,7 @@ def user_report(
             user_id=user_id,
             period=scope.period,
             totals=scope.totals(),
-            by_model=scope.groups("provider", "model"),
+            by_model=scope.by_model(),
             daily=scope.daily(),
         )
 
@@ -493,8 +496,8 @@ def organization_report(
             name=scope.name,
             period=scope.period,
             totals=scope.totals(),
-            by_user=scope.groups("user_id"),
-            by_model=scope.groups("provider", "model"),
+            by_user=scope.groups("user"),
+            by_model=scope.by_model(),
         )
 
 
@@ -512,19 +515,18 @@ def trends(
     if not 1 <= days <= MAX_TREND_DAYS:
         raise ValidationError(f"days must be between 1 and {MAX_TREND_DAYS}", field="days")
     with db_cursor(db) as cur:
-        probe = _Scope(cur, organization_id, None, None)
         if start is not None:
             first = _as_date(start)
             last = first + timedelta(days=days - 1)
         else:
-            last = _as_date(end) if end is not None else probe.today
+            last = _as_date(end) if end is not None else _today(cur, organization_id)
             first = last - timedelta(days=days - 1)
         scope = _Scope(cur, organization_id, first, last, user_id)
         return TrendsReport(
             organization_id=organization_id,
             days=days,
             period=scope.period,
-            points=scope.daily(first, last),
+            points=scope.daily(dense=True),
         )
 
 
@@ -539,12 +541,39 @@ def model_performance(
     """Per provider and model: calls, success rate, latency percentiles, tokens and cost."""
     with db_cursor(db) as cur:
         scope = _Scope(cur, organization_id, start, end, user_id)
-        rows = cur.execute(_PERFORMANCE_SQL, scope.params).fetchall()
         return ModelPerformanceReport(
             organization_id=organization_id,
             period=scope.period,
-            models=[ModelPerformance.model_validate(r) for r in rows],
+            models=[
+                ModelPerformance(
+                    provider=r["provider"],
+                    model=r["model"],
+                    requests=r["requests"],
+                    successful=r["successful_requests"],
+                    failed=r["failed_requests"],
+                    success_rate=1 - r["error_rate"],
+                    average_latency_ms=r["avg_latency_ms"],
+                    p50_latency_ms=r["p50_latency_ms"],
+                    p95_latency_ms=r["p95_latency_ms"],
+                    average_input_tokens=r["avg_input_tokens"],
+                    average_output_tokens=r["avg_output_tokens"],
+                    total_tokens=r["total_tokens"],
+                    cost_usd=r["cost_usd"],
+                    cost_display=r["cost_display"],
+                    average_cost_usd=r["avg_cost_usd"],
+                    cost_per_1k_tokens=(r["cost_usd"] * 1000 / r["total_tokens"]).quantize(
+                        Decimal("1e-8")
+                    )
+                    if r["total_tokens"]
+                    else None,
+                )
+                for r in scope.performance()[:MAX_GROUPS]
+            ],
         )
+
+
+def _today(cur: Any, organization_id: str) -> date:
+    return _Scope(cur, organization_id, None, None).today
 
 
 def _as_date(value: date | datetime) -> date:
@@ -578,13 +607,12 @@ def dashboard(
     if not 1 <= recent <= MAX_GROUPS:
         raise ValidationError(f"recent must be between 1 and {MAX_GROUPS}", field="recent")
     with db_cursor(db) as cur, _snapshot(cur):
-        today = _Scope(cur, organization_id, None, None).today
+        today = _today(cur, organization_id)
         first = today - timedelta(days=days - 1)
         scope = _Scope(cur, organization_id, first, today)
         params = {"org": organization_id, "limit": recent}
         quotas = cur.execute(_QUOTAS_SQL, params).fetchall()
         calls = cur.execute(_RECENT_SQL, params).fetchall()
-        now = cur.execute("select now() as now").fetchone()["now"]
         return DashboardReport(
             organization_id=organization_id,
             name=scope.name,
@@ -592,12 +620,12 @@ def dashboard(
             days=days,
             period=scope.period,
             totals=scope.totals(),
-            daily=scope.daily(first, today),
-            by_model=scope.groups("provider", "model"),
-            by_user=scope.groups("user_id"),
+            daily=scope.daily(dense=True),
+            by_model=scope.by_model(),
+            by_user=scope.groups("user"),
             quotas=[
                 QuotaStatus.model_validate({**q, "quota_id": str(q["quota_id"])}) for q in quotas
             ],
             recent_calls=[RecentCall.model_validate(c) for c in calls],
-            generated_at=now,
+            generated_at=scope.now,
         )

@@ -6,6 +6,8 @@
 -- 30 days; days are calendar days in the organization's time zone. Each report reads the logs
 -- through one index range scan on (organization_id, occurred_at) per currency-rate period (one
 -- period unless the rate changed inside the range), with no per-row function calls.
+-- usage_summary, usage_by_day, usage_by_dimension and model_performance take an optional
+-- user_id (default null: every call) to report one app user's calls (the HTTP user report).
 --
 -- Columns are fixed (they are the reports' API) and amounts are numeric, never floats:
 --   cost_usd      what the calls cost in USD (api_usage_logs.cost_usd, priced in SQL)
@@ -173,7 +175,8 @@ grant execute on function private.display_rate_periods(uuid, timestamptz, timest
 create or replace function public.usage_summary(
   organization_id uuid,
   start_at timestamptz default now() - interval '30 days',
-  end_at timestamptz default now()
+  end_at timestamptz default now(),
+  user_id text default null
 )
 returns table (
   period_start timestamptz,
@@ -203,6 +206,7 @@ declare
   org uuid := usage_summary.organization_id;
   lo timestamptz := usage_summary.start_at;
   hi timestamptz := usage_summary.end_at;
+  uid text := usage_summary.user_id;
 begin
   perform private.assert_report_args(org, lo, hi);
   return query
@@ -239,13 +243,14 @@ begin
       from public.api_usage_logs l
       where l.organization_id = org
         and l.occurred_at >= p.period_start and l.occurred_at < p.period_end
+        and (uid is null or l.user_id = uid)
     ) x;
 end;
 $$;
-comment on function public.usage_summary(uuid, timestamptz, timestamptz) is
-  'One row of totals over [start_at, end_at) (default last 30 days): requests, tokens, cost in USD, credits and display currency.';
-revoke execute on function public.usage_summary(uuid, timestamptz, timestamptz) from public, anon;
-grant execute on function public.usage_summary(uuid, timestamptz, timestamptz) to authenticated, service_role;
+comment on function public.usage_summary(uuid, timestamptz, timestamptz, text) is
+  'One row of totals over [start_at, end_at) (default last 30 days), optionally of one user_id: requests, tokens, cost in USD, credits and display currency.';
+revoke execute on function public.usage_summary(uuid, timestamptz, timestamptz, text) from public, anon;
+grant execute on function public.usage_summary(uuid, timestamptz, timestamptz, text) to authenticated, service_role;
 
 -- =====================================================================
 -- usage_by_day
@@ -257,7 +262,8 @@ create or replace function public.usage_by_day(
   organization_id uuid,
   start_at timestamptz default now() - interval '30 days',
   end_at timestamptz default now(),
-  time_zone text default null
+  time_zone text default null,
+  user_id text default null
 )
 returns table (
   day date,
@@ -282,6 +288,7 @@ declare
   lo timestamptz := usage_by_day.start_at;
   hi timestamptz := usage_by_day.end_at;
   tz text := usage_by_day.time_zone;
+  uid text := usage_by_day.user_id;
 begin
   perform private.assert_report_args(org, lo, hi);
   if tz is null then
@@ -305,6 +312,7 @@ begin
       join private.display_rate_periods(org, lo, hi) p
         on l.occurred_at >= p.period_start and l.occurred_at < p.period_end
       where l.organization_id = org and l.occurred_at >= lo and l.occurred_at < hi
+        and (uid is null or l.user_id = uid)
       group by 1, 2
     ),
     per_day as (
@@ -340,10 +348,10 @@ begin
     order by dd.d;
 end;
 $$;
-comment on function public.usage_by_day(uuid, timestamptz, timestamptz, text) is
+comment on function public.usage_by_day(uuid, timestamptz, timestamptz, text, text) is
   'One row per calendar day of [start_at, end_at) in the time zone (default the organization''s), empty days included.';
-revoke execute on function public.usage_by_day(uuid, timestamptz, timestamptz, text) from public, anon;
-grant execute on function public.usage_by_day(uuid, timestamptz, timestamptz, text) to authenticated, service_role;
+revoke execute on function public.usage_by_day(uuid, timestamptz, timestamptz, text, text) from public, anon;
+grant execute on function public.usage_by_day(uuid, timestamptz, timestamptz, text, text) to authenticated, service_role;
 
 -- =====================================================================
 -- usage_trends
@@ -413,7 +421,8 @@ create or replace function public.usage_by_dimension(
   organization_id uuid,
   dimension text,
   start_at timestamptz default now() - interval '30 days',
-  end_at timestamptz default now()
+  end_at timestamptz default now(),
+  user_id text default null
 )
 returns table (
   key text,
@@ -440,6 +449,7 @@ declare
   dim text := lower(trim(usage_by_dimension.dimension));
   lo timestamptz := usage_by_dimension.start_at;
   hi timestamptz := usage_by_dimension.end_at;
+  uid text := usage_by_dimension.user_id;
 begin
   if dim is null or dim not in ('user', 'provider', 'model', 'conversation', 'session', 'workflow', 'tag') then
     raise exception 'unknown report dimension: %', usage_by_dimension.dimension using errcode = '22023',
@@ -462,7 +472,7 @@ begin
       join private.display_rate_periods(org, lo, hi) p
         on l.occurred_at >= p.period_start and l.occurred_at < p.period_end
       where l.organization_id = org and l.occurred_at >= lo and l.occurred_at < hi
-        and dim <> 'tag'
+        and (uid is null or l.user_id = uid) and dim <> 'tag'
       union all
       select t.tag, l.success, l.input_tokens, l.output_tokens, l.cost_usd, l.credits, l.latency_ms,
              l.occurred_at, p.rate
@@ -471,7 +481,7 @@ begin
         on l.occurred_at >= p.period_start and l.occurred_at < p.period_end
       left join lateral unnest(l.tags) as t(tag) on true
       where l.organization_id = org and l.occurred_at >= lo and l.occurred_at < hi
-        and dim = 'tag'
+        and (uid is null or l.user_id = uid) and dim = 'tag'
     )
     select c.k,
            count(*),
@@ -492,10 +502,10 @@ begin
     order by 8 desc, 2 desc, 1 nulls last;
 end;
 $$;
-comment on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz) is
+comment on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz, text) is
   'Totals per user, provider, model, conversation, session, workflow or tag over [start_at, end_at), most expensive first.';
-revoke execute on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz) from public, anon;
-grant execute on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz) to authenticated, service_role;
+revoke execute on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz, text) from public, anon;
+grant execute on function public.usage_by_dimension(uuid, text, timestamptz, timestamptz, text) to authenticated, service_role;
 
 -- =====================================================================
 -- model_performance
@@ -506,7 +516,8 @@ grant execute on function public.usage_by_dimension(uuid, text, timestamptz, tim
 create or replace function public.model_performance(
   organization_id uuid,
   start_at timestamptz default now() - interval '30 days',
-  end_at timestamptz default now()
+  end_at timestamptz default now(),
+  user_id text default null
 )
 returns table (
   provider text,
@@ -522,6 +533,7 @@ returns table (
   avg_output_tokens numeric,
   total_tokens bigint,
   cost_usd numeric,
+  credits numeric,
   avg_cost_usd numeric,
   cost_display numeric
 )
@@ -534,6 +546,7 @@ declare
   org uuid := model_performance.organization_id;
   lo timestamptz := model_performance.start_at;
   hi timestamptz := model_performance.end_at;
+  uid text := model_performance.user_id;
 begin
   perform private.assert_report_args(org, lo, hi);
   return query
@@ -549,6 +562,7 @@ begin
            round(avg(l.output_tokens), 1),
            sum(l.input_tokens + l.output_tokens)::bigint,
            sum(l.cost_usd),
+           sum(l.credits),
            sum(l.cost_usd) / count(*),
            case when bool_and(p.rate is not null or l.cost_usd = 0)
                 then coalesce(sum(l.cost_usd * p.rate), 0) end
@@ -556,14 +570,15 @@ begin
     join private.display_rate_periods(org, lo, hi) p
       on l.occurred_at >= p.period_start and l.occurred_at < p.period_end
     where l.organization_id = org and l.occurred_at >= lo and l.occurred_at < hi
+      and (uid is null or l.user_id = uid)
     group by l.provider, l.model
     order by 3 desc, 1, 2;
 end;
 $$;
-comment on function public.model_performance(uuid, timestamptz, timestamptz) is
-  'Per provider and model: requests, error rate, average/p50/p95 latency (ms), tokens and cost per call.';
-revoke execute on function public.model_performance(uuid, timestamptz, timestamptz) from public, anon;
-grant execute on function public.model_performance(uuid, timestamptz, timestamptz) to authenticated, service_role;
+comment on function public.model_performance(uuid, timestamptz, timestamptz, text) is
+  'Per provider and model: requests, error rate, average/p50/p95 latency (ms), tokens, cost, credits and cost per call.';
+revoke execute on function public.model_performance(uuid, timestamptz, timestamptz, text) from public, anon;
+grant execute on function public.model_performance(uuid, timestamptz, timestamptz, text) to authenticated, service_role;
 
 -- =====================================================================
 -- top_users
