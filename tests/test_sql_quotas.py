@@ -202,6 +202,33 @@ def test_reserve_then_record_replaces_the_hold_by_the_actual_cost(conn: Conn) ->
     assert balance(conn, qid) == (GPT4O_1000_100, 0)
 
 
+def test_reserve_commits_asynchronously_and_a_settle_in_its_transaction_stays_durable(
+    conn: Conn,
+) -> None:
+    """reserve_quota turns synchronous_commit off for its own transaction only; a
+    record_usage in the same transaction turns the caller's setting back on."""
+
+    def setting() -> str:
+        row = conn.execute("select current_setting('synchronous_commit')").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    org = make_org(conn)
+    add_quota(conn, org, 1)
+    assert setting() == "on"
+    with conn.transaction():
+        reserve(conn, org, "call-a", "0.10")
+        assert setting() == "off"
+    assert setting() == "on"
+    with conn.transaction():
+        reserve(conn, org, "call-b", "0.10")
+        record(conn, org, "call-b")
+        assert setting() == "on"
+    with conn.transaction():
+        record(conn, org, "call-c")
+        assert setting() == "on"
+
+
 def test_reserve_without_estimate_prices_prompt_plus_max_output(conn: Conn) -> None:
     """No estimated_cost: the hold is input_tokens + max_output_tokens at list price."""
     org = make_org(conn)
@@ -415,6 +442,19 @@ def _expire_now(conn: Conn, rid: str) -> None:
         " where request_id = %s",
         (rid,),
     )
+
+
+def test_re_reserving_an_expired_request_replaces_its_hold(conn: Conn) -> None:
+    """A request whose pending hold expired (not yet swept) reserved again holds only the
+    new estimate: the old hold is freed, not leaked."""
+    org = make_org(conn)
+    qid = add_quota(conn, org, 1)
+    reserve(conn, org, "again", "0.10")
+    _expire_now(conn, "again")
+    again = reserve(conn, org, "again", "0.20")
+    assert again["status"] == "reserved"
+    assert balance(conn, qid) == (0, D("0.20"))
+    assert count(conn, "quota_reservations") == 1
 
 
 def test_expired_reservation_is_freed_by_expire_reservations(conn: Conn) -> None:

@@ -490,9 +490,21 @@ declare
   new_id uuid;
   new_expiry timestamptz;
   lid uuid;
+  org_found uuid;
 begin
   perform private.assert_call(org, rid, prov, mdl);
   perform private.assert_tokens(reserve_quota.input_tokens, reserve_quota.max_output_tokens, 0, 0);
+  -- A reservation need not be durable: one lost in a crash only means the call settles
+  -- track-only (record_usage charges usage without a reservation), and its hold on
+  -- `reserved` is lost with it, in the same transaction. Anything durable that saw it
+  -- (record_usage commits synchronously) flushes the WAL past it first. Transaction-scoped,
+  -- so safe behind a transaction pooler; record_usage restores the caller's setting if both
+  -- run in one transaction, so a settle stays durable.
+  if pg_catalog.current_setting('synchronous_commit') <> 'off' then
+    perform pg_catalog.set_config('quotaflow.synchronous_commit',
+                                  pg_catalog.current_setting('synchronous_commit'), true);
+    perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  end if;
   -- One call per request at a time (taken before any row lock): a retry racing its original
   -- must find the original's reservation, not hold the estimate a second time.
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(org::text || '/' || rid, 0));
@@ -502,13 +514,17 @@ begin
   if ttl_seconds is null or ttl_seconds < 1 or ttl_seconds > 86400 then
     raise exception 'ttl_seconds must be between 1 and 86400 (got %)', ttl_seconds using errcode = '22023';
   end if;
-  if not exists (select 1 from public.organizations o where o.id = org) then
+  -- The organization and an earlier log row of this request, in one lookup.
+  select o.id, l.id into org_found, lid
+  from public.organizations o
+  left join public.api_usage_logs l on l.organization_id = o.id and l.request_id = rid
+  where o.id = org;
+  if org_found is null then
     raise exception 'unknown organization %', org using errcode = 'QF004';
   end if;
 
   -- Already recorded: the same event again changes nothing.
-  select l.id into lid from public.api_usage_logs l where l.organization_id = org and l.request_id = rid;
-  if found then
+  if lid is not null then
     return query select r.id, 'recorded'::text, l.cost_usd, l.total_tokens, r.expires_at, '{}'::uuid[], l.id
       from public.api_usage_logs l left join public.quota_reservations r on r.id = l.reservation_id
       where l.id = lid;
@@ -544,23 +560,34 @@ begin
     where r.id = any (expired_ids);
   end if;
 
+  -- Quota rows are locked last, after every lookup.
+  -- private.quota_applies and private.metric_amount are inlined here (same expressions): a
+  -- function with `set search_path` is never inlined and costs ~0.1 ms a call.
   for q in
     select u.* from public.usage_quotas u
     where u.organization_id = org
-      and (private.quota_applies(u, uid, prov, mdl, pr.model) or u.id = any (expired_quotas))
+      and (((u.user_id is null or u.user_id = uid)
+            and (u.provider is null or u.provider = prov)
+            and (u.model is null or u.model = mdl or u.model = pr.model))
+           or u.id = any (expired_quotas))
     order by u.id
     for update
   loop
-    q := private.roll_over(q);
+    if q.reset_at <= now() then
+      q := private.roll_over(q);
+    end if;
     if q.id = any (expired_quotas) then
-      select coalesce(sum(private.metric_amount(q.metric, r.estimated_cost, r.estimated_tokens)), 0)
+      select coalesce(sum(case q.metric when 'usd' then r.estimated_cost
+                                        when 'tokens' then r.estimated_tokens::numeric else 1 end), 0)
         into freed
       from public.quota_reservations r
       where r.id = any (expired_ids) and q.id = any (r.quota_ids);
       q.reserved := greatest(q.reserved - freed, 0);
     end if;
-    if private.quota_applies(q, uid, prov, mdl, pr.model) then
-      amount := private.metric_amount(q.metric, cost, toks);
+    if (q.user_id is null or q.user_id = uid)
+       and (q.provider is null or q.provider = prov)
+       and (q.model is null or q.model = mdl or q.model = pr.model) then
+      amount := case q.metric when 'usd' then cost when 'tokens' then toks::numeric else 1 end;
       if q.current_usage + q.reserved + amount > q.quota_limit then
         if q.enforcement = 'hard' then
           raise exception 'Quota exceeded: % % quota % (limit %, used %, reserved %, this call needs up to %, resets %)',
@@ -673,8 +700,14 @@ declare
   lid uuid;
   toks bigint;
   conflicts text[] := '{}'::text[];
+  sync_before text := nullif(pg_catalog.current_setting('quotaflow.synchronous_commit', true), '');
 begin
   perform private.assert_call(org, rid, prov, mdl);
+  -- A settle is durable: undo reserve_quota's asynchronous commit if it ran in this transaction.
+  if sync_before is not null then
+    perform pg_catalog.set_config('synchronous_commit', sync_before, true);
+    perform pg_catalog.set_config('quotaflow.synchronous_commit', '', true);
+  end if;
   -- Serialized with reserve_quota of the same request (same lock): a settle racing a late
   -- reserve either sees its reservation or makes it see the log row ('recorded').
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(org::text || '/' || rid, 0));
@@ -749,29 +782,41 @@ begin
     return;
   end if;
 
+  if res.id is not null then
+    update public.quota_reservations r set status = 'settled', closed_at = now() where r.id = res.id;
+  end if;
+
+  -- Quota rows are locked last and updated. private.quota_applies and
+  -- private.metric_amount are inlined (same expressions): a function with `set search_path`
+  -- is never inlined and costs ~0.1 ms a call.
   for q in
     select u.* from public.usage_quotas u
     where u.organization_id = org
-      and (private.quota_applies(u, uid, prov, mdl, canonical)
+      and (((u.user_id is null or u.user_id = uid)
+            and (u.provider is null or u.provider = prov)
+            and (u.model is null or u.model = mdl or u.model = canonical))
            or (res.status = 'pending' and u.id = any (res.quota_ids)))
     order by u.id
     for update
   loop
-    q := private.roll_over(q);
-    if res.status = 'pending' and q.id = any (res.quota_ids) then
-      q.reserved := greatest(q.reserved - private.metric_amount(q.metric, res.estimated_cost, res.estimated_tokens), 0);
+    if q.reset_at <= now() then
+      q := private.roll_over(q);
     end if;
-    if private.quota_applies(q, uid, prov, mdl, canonical) then
-      q.current_usage := q.current_usage + private.metric_amount(q.metric, cost, toks);
+    if res.status = 'pending' and q.id = any (res.quota_ids) then
+      q.reserved := greatest(q.reserved - case q.metric when 'usd' then res.estimated_cost
+                                                        when 'tokens' then res.estimated_tokens::numeric
+                                                        else 1 end, 0);
+    end if;
+    if (q.user_id is null or q.user_id = uid)
+       and (q.provider is null or q.provider = prov)
+       and (q.model is null or q.model = mdl or q.model = canonical) then
+      q.current_usage := q.current_usage + case q.metric when 'usd' then cost
+                                                         when 'tokens' then toks::numeric else 1 end;
     end if;
     update public.usage_quotas u
        set current_usage = trim_scale(q.current_usage), reserved = trim_scale(q.reserved), updated_at = now()
      where u.id = q.id;
   end loop;
-
-  if res.id is not null then
-    update public.quota_reservations r set status = 'settled', closed_at = now() where r.id = res.id;
-  end if;
 
   return query select lid, cost, trim_scale(cost * rate), pr.id, false;
 end;
