@@ -124,6 +124,13 @@ def test_dated_snapshot_resolves_to_the_longest_known_model(
     assert got["total_cost"] == direct["total_cost"]
 
 
+def test_a_snapshot_with_its_own_price_is_priced_exactly(conn: psycopg.Connection[Any]) -> None:
+    """gpt-4o-2024-05-13 has its own list price ($5/$15); the exact row wins over gpt-4o."""
+    cost = _estimate(conn, "openai", "gpt-4o-2024-05-13", 1_000_000, 1_000_000, 0, 0)
+    assert cost == D("20")
+    assert _breakdown(conn, "openai", "gpt-4o-2024-05-13")["priced_model"] == "gpt-4o-2024-05-13"
+
+
 def test_mini_snapshot_is_not_priced_as_the_bigger_model(conn: psycopg.Connection[Any]) -> None:
     """gpt-4o-mini-2024-07-18 costs gpt-4o-mini's $0.15/$0.60, not gpt-4o's $2.50/$10."""
     cost = _estimate(conn, "openai", "gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000, 0, 0)

@@ -28,6 +28,10 @@ insert into public.cost_estimates (provider, model, input_usd_per_mtok, output_u
   ('openai', 'gpt-4',                 30.00,   60.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
   ('openai', 'gpt-4-32k',             60.00,  120.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
   ('openai', 'gpt-4-turbo',           10.00,   30.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
+  -- dated snapshots priced differently from the name they would otherwise resolve to
+  ('openai', 'gpt-4-1106-preview',    10.00,   30.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
+  ('openai', 'gpt-4-0125-preview',    10.00,   30.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
+  ('openai', 'gpt-4o-2024-05-13',      5.00,   15.00,  null,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
   -- GPT-4o / GPT-4.1
   ('openai', 'gpt-4o',                 2.50,   10.00,  1.25,   null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
   ('openai', 'gpt-4o-mini',            0.15,    0.60,  0.075,  null, null,   null,   null,  null,  null, 'https://openai.com/api/pricing', '2026-11-22'),
