@@ -84,7 +84,8 @@ create table public.usage_quotas (
   reset_at timestamptz,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
-  constraint usage_quotas_time_zone_valid check (private.assert_time_zone(time_zone) is not null),
+  -- time_zone is validated by the usage_quotas_set_window trigger when it is set or changed,
+  -- not by a check constraint, which would run on every reserve and settle.
   constraint usage_quotas_reset_after_start check (reset_at is null or reset_at > window_start)
 );
 comment on table public.usage_quotas is
@@ -140,8 +141,12 @@ end;
 $$;
 revoke execute on function private.usage_quotas_set_window() from public;
 
+-- Only for changes a person makes: the reserve/settle hot path updates reserved and
+-- current_usage and must not pay for this trigger on every call.
 create trigger usage_quotas_set_window
-  before insert or update on public.usage_quotas
+  before insert or update of organization_id, name, user_id, provider, model, metric, quota_type,
+    enforcement, quota_limit, time_zone
+  on public.usage_quotas
   for each row execute function private.usage_quotas_set_window();
 
 alter table public.usage_quotas enable row level security;
