@@ -40,7 +40,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ._db import Db, db_cursor
-from .errors import AuthorizationError, BackendUnavailableError, ValidationError
+from .errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BackendUnavailableError,
+    UnknownOrganizationError,
+    ValidationError,
+)
 
 __all__ = [
     "ADMIN_ROLES",
@@ -79,22 +85,6 @@ DEFAULT_LEEWAY_SECONDS = 5.0
 """Clock skew tolerated on ``exp``/``nbf``/``iat``."""
 JWKS_CACHE_SECONDS = 300.0
 JWKS_TIMEOUT_SECONDS = 5.0
-
-
-class AuthenticationError(AuthorizationError):
-    """The credential is missing, malformed, expired, revoked or not signed by a trusted key."""
-
-    code = "unauthorized"
-
-
-class UnknownOrganizationError(ValidationError):
-    """The organization named in the request does not exist."""
-
-    code = "organization_not_found"
-
-    def __init__(self, organization_id: str) -> None:
-        super().__init__(f"unknown organization {organization_id}", field="organization_id")
-        self.organization_id = organization_id
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from .errors import (
+    AuthenticationError,
     AuthorizationError,
     BackendUnavailableError,
     ConfigurationError,
@@ -524,8 +525,10 @@ def translate_http_error(response: httpx.Response) -> QuotaflowError:
         return PricingNotFoundError(message, provider=err.get("provider"), model=err.get("model"))
     if status == 409 or code == "idempotency_conflict":
         return IdempotencyConflictError(message)
-    if status in (401, 403):
-        return AuthorizationError(f"{status}: {message}")
+    if status == 401:
+        return AuthenticationError(message)
+    if status == 403:
+        return AuthorizationError(message)
     if 400 <= status < 500:
         return ValidationError(message, field=err.get("field"))
     if status in (502, 503, 504):

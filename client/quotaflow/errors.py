@@ -3,10 +3,12 @@
     QuotaflowError
     ├── ConfigurationError        missing or invalid configuration
     ├── ValidationError           a request, context or usage that cannot be accepted
+    │   └── UnknownOrganizationError  the organization named does not exist
     ├── QuotaExceededError        a hard quota refuses the call (message contains "Quota exceeded")
     ├── PricingNotFoundError      no price row for the provider and model
     ├── IdempotencyConflictError  a request_id reused with different content
     ├── AuthorizationError        the caller may not act on this organization
+    │   └── AuthenticationError   no valid credential (missing, expired, revoked, bad signature)
     ├── ProviderError             the LLM provider failed or answered with an error
     └── TrackingError             the backend (database or functions) could not be reached or failed
         └── BackendUnavailableError  the backend is unreachable (connection refused, timeout)
@@ -125,6 +127,22 @@ class AuthorizationError(QuotaflowError):
     """The caller is not allowed to act on this organization or object."""
 
     code = "forbidden"
+
+
+class AuthenticationError(AuthorizationError):
+    """The credential is missing, malformed, expired, revoked or not signed by a trusted key."""
+
+    code = "unauthorized"
+
+
+class UnknownOrganizationError(ValidationError):
+    """The organization named in the request does not exist."""
+
+    code = "organization_not_found"
+
+    def __init__(self, organization_id: str) -> None:
+        super().__init__(f"unknown organization {organization_id}", field="organization_id")
+        self.organization_id = organization_id
 
 
 class ProviderError(QuotaflowError):
