@@ -91,6 +91,27 @@ $$;
 revoke execute on function private.has_org_role(uuid, text[]) from public;
 grant execute on function private.has_org_role(uuid, text[]) to authenticated, service_role;
 
+-- Raises 42501 unless an API caller (anon, authenticated) is a member of the organization;
+-- the service role and the database owner pass. Used by the read functions (quota status,
+-- reports) that answer about one organization.
+create or replace function private.assert_member(org uuid)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if org is null then
+    raise exception 'organization_id must not be null' using errcode = '22004';
+  end if;
+  if current_user in ('anon', 'authenticated') and not private.has_org_role(org) then
+    raise exception 'not a member of organization %', org using errcode = '42501';
+  end if;
+end;
+$$;
+revoke execute on function private.assert_member(uuid) from public;
+grant execute on function private.assert_member(uuid) to authenticated, service_role;
+
 -- ---- policies: organizations ----
 create policy "members read their organizations" on public.organizations
   for select to authenticated

@@ -919,12 +919,7 @@ stable
 set search_path = ''
 as $$
 begin
-  if org is null then
-    raise exception 'organization_id must not be null' using errcode = '22004';
-  end if;
-  if current_user in ('anon', 'authenticated') and not private.has_org_role(org) then
-    raise exception 'not a member of organization %', org using errcode = '42501';
-  end if;
+  perform private.assert_member(org);
   return query
     select u,
            case when u.reset_at is not null and u.reset_at <= now() then 0::numeric else u.current_usage end,

@@ -96,8 +96,7 @@ alter table public.api_usage_logs set (autovacuum_vacuum_insert_scale_factor = 0
 -- Shared pieces of the reports (private)
 -- =====================================================================
 
--- Validates a report's organization and range. Members only (42501) for API callers, like
--- private.effective_quotas; the service role and the database owner may read any organization.
+-- Validates a report's organization (private.assert_member) and range.
 create or replace function private.assert_report_args(org uuid, start_at timestamptz, end_at timestamptz)
 returns void
 language plpgsql
@@ -105,18 +104,13 @@ stable
 set search_path = ''
 as $$
 begin
-  if org is null then
-    raise exception 'organization_id must not be null' using errcode = '22004';
-  end if;
+  perform private.assert_member(org);
   if start_at is null or end_at is null or not isfinite(start_at) or not isfinite(end_at) then
     raise exception 'report range must have a finite start and end' using errcode = '22023';
   end if;
   if end_at < start_at then
     raise exception 'report range ends (%) before it starts (%)', end_at, start_at
       using errcode = '22023';
-  end if;
-  if current_user in ('anon', 'authenticated') and not private.has_org_role(org) then
-    raise exception 'not a member of organization %', org using errcode = '42501';
   end if;
 end;
 $$;
