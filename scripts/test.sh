@@ -14,7 +14,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 failed=()
 
 dirs=()
-for d in client functions tests bench; do
+for d in client functions tests bench tools; do
   [ -d "$d" ] && dirs+=("$d")
 done
 if [ "${#dirs[@]}" -gt 0 ]; then
@@ -22,6 +22,9 @@ if [ "${#dirs[@]}" -gt 0 ]; then
 fi
 
 mypy || failed+=(mypy)
+
+# The packaged copies of the SQL (client/quotaflow/_sql) must equal their sources.
+python tools/sync_sql.py --check || failed+=("sync_sql (run: python tools/sync_sql.py)")
 
 pytest "$@"
 rc=$?
