@@ -5,7 +5,7 @@
 
 Creates a scratch database (sql/bootstrap + supabase/migrations, see bench/common.py), fills
 api_usage_logs of one organization with ``--rows`` rows (one INSERT ... SELECT from
-generate_series), then exports them with :func:`quotaflow.analytics.export` once per format,
+generate_series), then exports them with :func:`quotaflow.reports.export` once per format,
 each in a fresh Python process so its peak RSS is its own. The process samples its RSS every
 5 ms while it exports the oldest 10,000 rows (the baseline, same run: what any export needs,
 one batch in flight), then while it exports all the rows to a file. The figure is the ratio of
@@ -84,8 +84,8 @@ class PeakSampler:
 
 def child(url: str, fmt: str) -> None:
     """One measurement, printed as a JSON line."""
-    from quotaflow.analytics import UsageFilters, export
     from quotaflow.backends import PostgresBackend
+    from quotaflow.reports.analytics import UsageFilters, export
 
     backend = PostgresBackend(url, min_size=1, max_size=1)
     everything = UsageFilters(organization_id=ORG)

@@ -63,7 +63,7 @@ def _wait_ready(name: str, proc: subprocess.Popen[str], log: IO[str], url: str) 
 
 @contextmanager
 def servers(database_url: str) -> Iterator[tuple[str, tuple[str, str]]]:
-    """The fake provider (``python -m quotaflow.fake_provider``) and every HTTP function
+    """The fake provider (``python -m quotaflow.testing.fake_provider``) and every HTTP function
     (``quotaflow.server.serve``, with a service-role key and the fake provider as its
     providers), started together; yields (fake provider URL, (functions URL, key))."""
     fake_port, functions_port = free_ports(2)
@@ -77,7 +77,7 @@ def servers(database_url: str) -> Iterator[tuple[str, tuple[str, str]]]:
     )
     specs = [
         ("fake provider", f"{fake}/",
-         ["-m", "quotaflow.fake_provider", "--port", str(fake_port),
+         ["-m", "quotaflow.testing.fake_provider", "--port", str(fake_port),
           "--input-tokens", str(INPUT_TOKENS), "--output-tokens", str(OUTPUT_TOKENS)], {}),
         ("functions server", f"{functions}/functions/v1/health",
          ["-c", serve, str(functions_port), database_url, key], provider_env(fake)),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo command (see README): installs/starts what is missing, then plays the narrated
-# offline demo (python -m quotaflow.demo). PostgreSQL is stopped again afterwards if this
+# offline demo (quotaflow demo). PostgreSQL is stopped again afterwards if this
 # script had to start it.
 #   bash scripts/demo.sh [--keep] [--database-url URL]
 set -uo pipefail
@@ -14,7 +14,7 @@ was_running=0
 pg_isready -q -h 127.0.0.1 -p "${PGPORT:-5432}" 2>/dev/null && was_running=1
 
 bash scripts/setup.sh || exit 1
-.venv/bin/python -m quotaflow.demo "$@"
+.venv/bin/quotaflow demo "$@"
 rc=$?
 
 if [ "$was_running" -eq 0 ]; then

@@ -8,7 +8,6 @@ Import the fixtures into a test module: ``from tests.functions_support import wo
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -23,18 +22,15 @@ import jwt
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from quotaflow.auth import create_api_key, revoke_api_key
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.models import Usage
+from quotaflow.server import http as quotaflow_http
+from quotaflow.server.auth import create_api_key, revoke_api_key
+from quotaflow.testing import FakeProviderServer
 
 from tests.db import REPO_ROOT, new_auth_user
 
-FUNCTIONS_DIR = REPO_ROOT / "functions"
-SOURCE = str(FUNCTIONS_DIR / "main.py")
-if str(FUNCTIONS_DIR) not in sys.path:
-    sys.path.append(str(FUNCTIONS_DIR))
-
-import quotaflow_http  # noqa: E402  (functions/ on sys.path, as functions-framework does)
+SOURCE = str(REPO_ROOT / "functions" / "main.py")
+"""What ``functions-framework --source=functions/main.py`` deploys: the re-exported targets."""
 
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 SERVICE_ROLE_KEY = jwt.encode(

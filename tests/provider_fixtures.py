@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.models import AIModelRequest, Usage
 from quotaflow.providers import AsyncProviderClient, ProviderClient, RetryPolicy
+from quotaflow.testing import FakeProviderServer
 
 # Usage with every part set, so each provider's field semantics are exercised.
 FULL_USAGE = Usage(

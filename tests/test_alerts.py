@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from quotaflow import Tracker
-from quotaflow.analytics import AlertListener, QuotaAlert
 from quotaflow.backends import PostgresBackend
+from quotaflow.reports.analytics import AlertListener, QuotaAlert
 
 from tests.db import act_as, new_auth_user
 

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 from quotaflow import ConfigurationError, HttpBackend, Tracker, ValidationError
-from quotaflow.analytics import (
+from quotaflow.backends import PostgresBackend
+from quotaflow.reports.analytics import (
     EXPORT_COLUMNS,
     AggregatedUsage,
     UsageFilters,
@@ -23,7 +24,6 @@ from quotaflow.analytics import (
     get_aggregated,
     get_records,
 )
-from quotaflow.backends import PostgresBackend
 
 from tests import report_data as rd
 from tests.db import PgServer

@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from quotaflow.auth import create_api_key
 from quotaflow.server import LocalServer
+from quotaflow.server.auth import create_api_key
 
 from tests.db import REPO_ROOT
 from tests.functions_support import (

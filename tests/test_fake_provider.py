@@ -16,8 +16,8 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
-from quotaflow.fake_provider import FakeProviderServer, Outcome
 from quotaflow.models import Usage
+from quotaflow.testing import FakeProviderServer, Outcome
 
 from tests.provider_fixtures import FULL_USAGE, REPLY, fake  # noqa: F401
 
@@ -214,7 +214,15 @@ def test_concurrent_requests_are_all_counted(fake: FakeProviderServer) -> None: 
 
 def test_runs_standalone() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quotaflow.fake_provider", "--port", "0", "--input-tokens", "9"],
+        [
+            sys.executable,
+            "-m",
+            "quotaflow.testing.fake_provider",
+            "--port",
+            "0",
+            "--input-tokens",
+            "9",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

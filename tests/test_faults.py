@@ -46,10 +46,10 @@ import psycopg
 import pytest
 from quotaflow.backends import PostgresBackend
 from quotaflow.errors import BackendUnavailableError, ProviderError, QuotaflowError
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.models import AIModelRequest, Usage, UsageEvent
 from quotaflow.outbox import Outbox
 from quotaflow.providers import ProviderClient
+from quotaflow.testing import FakeProviderServer
 from quotaflow.tracker import Tracker
 
 from tests.db import MIGRATIONS_DIR, load_bootstrap, load_sql_files, sql_files

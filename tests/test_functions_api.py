@@ -12,13 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from quotaflow.auth import (
-    AuthenticationError,
-    UnknownOrganizationError,
-    create_api_key,
-    list_api_keys,
-    revoke_api_key,
-)
 from quotaflow.errors import (
     AuthorizationError,
     BackendUnavailableError,
@@ -29,7 +22,14 @@ from quotaflow.errors import (
     TrackingError,
     ValidationError,
 )
-from quotaflow.fake_provider import FakeProviderServer
+from quotaflow.server.auth import (
+    AuthenticationError,
+    UnknownOrganizationError,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
+from quotaflow.testing import FakeProviderServer
 
 from tests.db import act_as
 from tests.functions_support import (

@@ -13,8 +13,8 @@ from collections import Counter
 from typing import Any
 
 import schemathesis
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.server import LocalServer
+from quotaflow.testing import FakeProviderServer
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import Status, events, from_schema
 from schemathesis.generation.modes import GenerationMode

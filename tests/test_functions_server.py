@@ -22,8 +22,8 @@ from quotaflow import (
     Tracker,
     UsageEvent,
 )
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.server import LocalServer
+from quotaflow.testing import FakeProviderServer
 from supabase_functions.errors import FunctionsHttpError
 
 from supabase import ClientOptions, create_client

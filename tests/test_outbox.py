@@ -25,10 +25,10 @@ import pytest
 from quotaflow import outbox as outbox_mod
 from quotaflow.backends import PostgresBackend
 from quotaflow.errors import BackendUnavailableError
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.models import Usage, UsageEvent
 from quotaflow.outbox import Outbox
 from quotaflow.providers import ProviderClient
+from quotaflow.testing import FakeProviderServer
 from quotaflow.tracker import Tracker
 
 from tests.provider_fixtures import API_KEYS, FAST_RETRY, base_urls

@@ -10,7 +10,6 @@ from email.utils import format_datetime
 import httpx
 import pytest
 from quotaflow.errors import ConfigurationError, ProviderError, ValidationError
-from quotaflow.fake_provider import FakeProviderServer, split_reply
 from quotaflow.models import AIModelRequest, Usage
 from quotaflow.providers import (
     NO_RETRY,
@@ -26,6 +25,7 @@ from quotaflow.providers import (
     parse_retry_after,
     resolve_base_url,
 )
+from quotaflow.testing import FakeProviderServer, split_reply
 
 from tests.provider_fixtures import (  # noqa: F401
     ADAPTER_CASES,

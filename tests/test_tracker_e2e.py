@@ -24,8 +24,8 @@ from quotaflow import (
     Usage,
     UsageRecord,
 )
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.providers import AsyncProviderClient, ProviderClient
+from quotaflow.testing import FakeProviderServer
 
 from tests.provider_fixtures import (
     API_KEYS,

@@ -12,8 +12,8 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 from quotaflow.errors import ValidationError
-from quotaflow.fake_provider import FakeProviderServer
 from quotaflow.models import Usage
+from quotaflow.testing import FakeProviderServer
 from quotaflow.usage import UsageAccumulator, extract_usage, find_usage
 
 from tests.provider_fixtures import FULL_USAGE, GEMINI_USAGE, fake  # noqa: F401

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from .analytics import AggregatedUsage, QuotaAlert, UsageFilters
 from .backends import Backend, HttpBackend, PostgresBackend
 from .errors import (
     AuthorizationError,
@@ -42,6 +41,7 @@ from .models import (
     UsageEvent,
     UsageRecord,
 )
+from .reports.analytics import AggregatedUsage, QuotaAlert, UsageFilters
 from .tracker import AsyncTrackedStream, AsyncTracker, TrackedStream, Tracker
 from .usage import extract_usage
 

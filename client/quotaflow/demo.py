@@ -1,6 +1,6 @@
 """The offline demo: the whole system on this machine, narrated.
 
-    python -m quotaflow.demo [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+    quotaflow demo [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--keep]
 
 Creates a fresh ``quotaflow_demo`` database (Supabase bootstrap, migrations applied with the
 Supabase CLI, demo seed), starts the fake providers (or uses the real ones for every
@@ -29,10 +29,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from ._resources import read_text, sql_files
 from .errors import ProviderError, QuotaExceededError
-from .fake_provider import FakeProviderServer
 from .models import Usage
 from .providers import ProviderClient, RetryPolicy
+from .testing import FakeProviderServer
 from .tracker import Tracker
 
 ORG = "00000000-0000-4000-8000-00000000a11c"
@@ -51,10 +52,6 @@ MODELS = {
 DEMO_USAGE = Usage(
     input_tokens=1200, output_tokens=280, cached_input_tokens=512, reasoning_tokens=64
 )
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -80,15 +77,14 @@ def create_database(admin_url: str, name: str) -> str:
         conn.execute(f'drop database if exists "{name}"')
         conn.execute(f'create database "{name}"')
     url = _with_db(admin_url, name)
-    root = repo_root()
     with psycopg.connect(url, autocommit=True) as conn:
-        for f in sorted((root / "sql" / "bootstrap").glob("*.sql")):
-            conn.execute(f.read_text())
+        for f in sql_files("bootstrap"):
+            conn.execute(f.read_text(encoding="utf-8").encode())
     from .cli import apply_migrations
 
     apply_migrations(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute((root / "supabase" / "seed.sql").read_text())
+        conn.execute(read_text("_sql", "seed.sql").encode())
     return url
 
 
@@ -277,12 +273,8 @@ def scenario(
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m quotaflow.demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (``quotaflow demo`` and ``python -m quotaflow.demo``)."""
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -295,8 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the functions and dashboard running until Ctrl-C"
     )
-    args = parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quotaflow.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plays the demo with parsed options."""
     say("quotaflow demo — track, price and cap AI calls; everything runs on this machine")
     url = create_database(args.database_url, args.db_name)
     say(

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailableError, QuotaflowError, TrackingError
+from .errors import BackendUnavailableError, ConfigurationError, QuotaflowError, TrackingError
 from .models import UsageEvent
 
 if TYPE_CHECKING:
@@ -77,8 +77,8 @@ def _backoff(attempts: int) -> float:
 class Outbox:
     """A durable queue of usage events, drained into a backend by a background thread."""
 
-    def __init__(self, backend: Backend, path: str | Path | None = None) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | None, path: str | Path | None = None) -> None:
+        self._backend = backend
         self.path = Path(path) if path is not None else default_outbox_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -90,6 +90,13 @@ class Outbox:
         self._thread: threading.Thread | None = None
         with self._db() as db:
             db.execute(_SCHEMA)
+
+    @property
+    def backend(self) -> Backend:
+        """Where events are delivered; an outbox opened without one can only be inspected."""
+        if self._backend is None:
+            raise ConfigurationError(f"outbox {self.path} was opened without a backend")
+        return self._backend
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

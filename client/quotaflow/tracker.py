@@ -20,7 +20,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .analytics import AnalyticsMixin
 from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
 from .errors import (
     BackendUnavailableError,
@@ -43,6 +42,7 @@ from .models import (
     UsageRecord,
 )
 from .outbox import Outbox, default_outbox_path
+from .reports.analytics import AnalyticsMixin
 from .tokens import count_message_tokens
 from .usage import extract_usage
 

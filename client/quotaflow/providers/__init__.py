@@ -61,7 +61,7 @@ Configuration. Arguments first, then the environment. Base URLs: ``QUOTAFLOW_OPE
 ``QUOTAFLOW_GEMINI_BASE_URL`` / ``GOOGLE_GEMINI_BASE_URL``
 (``https://generativelanguage.googleapis.com``), ``QUOTAFLOW_XAI_BASE_URL`` / ``XAI_BASE_URL``
 (``https://api.x.ai/v1``) — the same shapes the official SDKs take, so a
-:class:`~quotaflow.fake_provider.FakeProviderServer` at ``url`` is ``url + "/v1"`` for OpenAI
+:class:`~quotaflow.testing.FakeProviderServer` at ``url`` is ``url + "/v1"`` for OpenAI
 and xAI and ``url`` for the others. Keys: ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
 ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY``, ``XAI_API_KEY``.
 

@@ -32,9 +32,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ._db import Db, db_cursor
-from .errors import ValidationError
-from .models import QuotaStatus
+from .._db import Db, db_cursor
+from ..errors import ValidationError
+from ..models import QuotaStatus
 
 __all__ = [
     "DailyPoint",

@@ -27,7 +27,7 @@ Streams use HTTP/1.1 chunked transfer encoding; a scripted cut closes the socket
 terminating chunk (the client sees a broken body), or with ``clean=True`` ends the body
 properly but without the provider's final events.
 
-Standalone, for the offline demo: ``python -m quotaflow.fake_provider --port 8787``.
+Standalone, for the offline demo: ``python -m quotaflow.testing.fake_provider --port 8787``.
 """
 
 from __future__ import annotations
@@ -869,7 +869,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m quotaflow.fake_provider",
+        prog="python -m quotaflow.testing.fake_provider",
         description="Serve the OpenAI, Anthropic, Gemini and xAI wire formats on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,6 +1,7 @@
-"""HTTP plumbing shared by the targets in ``main.py``: reading bodies, authenticating, mapping
-errors to statuses (in :func:`error_reply`, the one place), the per-process runtime, and the
-OpenAPI document built from the same declarations the targets are parsed with.
+"""HTTP plumbing shared by the targets in :mod:`quotaflow.server.targets`: reading bodies,
+authenticating, mapping errors to statuses (in :func:`error_reply`, the one place), the
+per-process runtime, and the OpenAPI document built from the same declarations the targets
+are parsed with.
 
 A target is declared once::
 
@@ -14,9 +15,9 @@ the bearer credential (401), parses the body or query string with pydantic (400 
 errors) and hands the handler a :class:`Call`; whatever the handler raises is mapped by
 :func:`error_reply`. Nothing a client sends can produce a 500: a 500 is a bug and is logged.
 
-This module is imported by name (``import quotaflow_http``) and cached in ``sys.modules``,
-so the lazily created runtime — one connection pool per database URL — is shared by every
-target in the process even though functions-framework executes ``main.py`` once per target.
+The lazily created runtime — one connection pool per database URL — lives in this module, so
+it is shared by every target in the process even though functions-framework executes its
+source file once per target.
 """
 
 from __future__ import annotations
@@ -37,15 +38,8 @@ from typing import Any
 import flask
 import pydantic
 from pydantic import BaseModel, ConfigDict, TypeAdapter
+
 from quotaflow import PostgresBackend, Tracker
-from quotaflow.auth import (
-    AuthConfig,
-    AuthenticationError,
-    Principal,
-    UnknownOrganizationError,
-    authenticate,
-    authorize,
-)
 from quotaflow.errors import (
     AuthorizationError,
     BackendUnavailableError,
@@ -58,6 +52,14 @@ from quotaflow.errors import (
     ValidationError,
 )
 from quotaflow.outbox import default_outbox_path
+from quotaflow.server.auth import (
+    AuthConfig,
+    AuthenticationError,
+    Principal,
+    UnknownOrganizationError,
+    authenticate,
+    authorize,
+)
 
 log = logging.getLogger("quotaflow.functions")
 
@@ -158,14 +160,14 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]
         )
     if isinstance(exc, pydantic.ValidationError):
         errors = field_errors(exc)
-        detail = "; ".join(
+        summary = "; ".join(
             f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors
         )
         return (
             {
                 "error": {
                     "code": "invalid_request",
-                    "message": f"invalid request: {detail}",
+                    "message": f"invalid request: {summary}",
                     "field": errors[0]["field"] if errors else None,
                     "errors": errors,
                 }

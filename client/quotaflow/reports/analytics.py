@@ -45,9 +45,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from .backends import Backend, PostgresBackend, record_from_row, translate_db_error
-from .errors import ConfigurationError, QuotaflowError, ValidationError
-from .models import UsageRecord, normalise_provider
+from ..backends import Backend, PostgresBackend, record_from_row, translate_db_error
+from ..errors import ConfigurationError, QuotaflowError, ValidationError
+from ..models import UsageRecord, normalise_provider
 
 if TYPE_CHECKING:
     from psycopg import sql as pgsql
@@ -71,7 +71,7 @@ __all__ = [
     "get_records",
 ]
 
-log = logging.getLogger("quotaflow.analytics")
+log = logging.getLogger("quotaflow.reports")
 
 ExportFormat = Literal["json", "jsonl", "csv"]
 GroupBy = Literal["provider", "model", "user", "conversation", "session", "workflow", "date"]

@@ -2,9 +2,11 @@
 ``/functions/v1/<name>``, so ``create_client(url, key).functions.invoke("execute", ...)`` and
 :class:`~quotaflow.backends.HttpBackend` work against it unchanged.
 
-Each target ``functions/main.py`` declares is its functions-framework app —
+Each target of :mod:`quotaflow.server.targets` is its functions-framework app —
 ``functions_framework.create_app(target, source)``, exactly what ``functions-framework
---target=<name>`` deploys — mounted under its path with werkzeug's ``DispatcherMiddleware``.
+--target=<name>`` deploys (the source is a packaged one-line shim re-exporting the targets, or
+``source=`` — e.g. an app's own ``functions/main.py``) — mounted under its path with werkzeug's
+``DispatcherMiddleware``.
 The OpenAPI document is also at ``/functions/v1/openapi.json``.
 
     serve("127.0.0.1", 8080, "postgresql://...")              # blocks (quotaflow serve)
@@ -26,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from .._resources import path_of
+from ..errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_PORT",
@@ -41,46 +43,37 @@ __all__ = [
     "create_wsgi_app",
     "find_source",
     "serve",
-    "targets",
+    "target_names",
 ]
 
 FUNCTIONS_PREFIX = "/functions/v1"
 DEFAULT_PORT = 8080
-_HELPER_MODULE = "quotaflow_http"
-"""The helper ``functions/main.py`` declares its targets with (``TARGETS``, ``close_runtimes``)."""
 
 
-def targets(source: str | os.PathLike[str] | None = None) -> list[str]:
-    """The targets ``functions/main.py`` declares, in declaration order."""
+def target_names(source: str | os.PathLike[str] | None = None) -> list[str]:
+    """The targets the functions source declares, in declaration order."""
     import functions_framework
 
+    from . import http
+
     functions_framework.create_app("health", str(find_source(source)))  # type: ignore[no-untyped-call]
-    helper = sys.modules.get(_HELPER_MODULE)
-    if helper is None:
-        raise ConfigurationError(f"{find_source(source)} did not load {_HELPER_MODULE}")
-    return list(helper.TARGETS)
+    return list(http.TARGETS)
 
 
 def find_source(source: str | os.PathLike[str] | None = None) -> Path:
-    """``functions/main.py``: ``source``, else ``QUOTAFLOW_FUNCTIONS_SOURCE``, else the
-    repository checkout this package runs from, else ``./functions/main.py``."""
-    candidates: list[Path] = []
-    if source is not None:
-        candidates.append(Path(source))
-    elif os.environ.get("QUOTAFLOW_FUNCTIONS_SOURCE"):
-        candidates.append(Path(os.environ["QUOTAFLOW_FUNCTIONS_SOURCE"]))
-    else:
-        candidates.append(Path(__file__).resolve().parents[2] / "functions" / "main.py")
-        candidates.append(Path.cwd() / "functions" / "main.py")
-    for path in candidates:
-        if path.is_dir():
-            path = path / "main.py"
-        if path.is_file():
-            return path.resolve()
-    raise ConfigurationError(
-        f"functions source not found (looked at {', '.join(str(p) for p in candidates)}):"
-        " pass source= or set QUOTAFLOW_FUNCTIONS_SOURCE to functions/main.py"
-    )
+    """The file functions-framework loads: ``source`` (a ``main.py`` or its folder), else
+    ``QUOTAFLOW_FUNCTIONS_SOURCE``, else the packaged shim that re-exports every target."""
+    given = source if source is not None else os.environ.get("QUOTAFLOW_FUNCTIONS_SOURCE")
+    if not given:
+        return path_of("server", "_functions", "main.py")
+    path = Path(given)
+    if path.is_dir():
+        path = path / "main.py"
+    if not path.is_file():
+        raise ConfigurationError(
+            f"functions source not found: {path} (pass source= or QUOTAFLOW_FUNCTIONS_SOURCE)"
+        )
+    return path.resolve()
 
 
 def _settings(database_url: str | None, config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -137,7 +130,7 @@ def create_wsgi_app(
 
     path = str(find_source(source))
     settings = _settings(database_url, config)
-    names = targets(path)
+    names = target_names(path)
     mounts: dict[str, Any] = {}
     for name in names:
         app = functions_framework.create_app(name, path)  # type: ignore[no-untyped-call]
@@ -149,10 +142,10 @@ def create_wsgi_app(
 
 
 def _close_runtimes() -> None:
-    """Closes the functions' connection pools (kept by the ``quotaflow_http`` helper module)."""
-    helper = sys.modules.get(_HELPER_MODULE)
-    if helper is not None:
-        helper.close_runtimes()
+    """Closes the functions' connection pools."""
+    from . import http
+
+    http.close_runtimes()
 
 
 class LocalServer:

@@ -19,7 +19,7 @@ Every request carries ``Authorization: Bearer <credential>``, one of three kinds
 :class:`AuthenticationError` (HTTP 401); :func:`authorize` checks a principal against an
 organization and raises :class:`~quotaflow.errors.AuthorizationError` (403) or
 :class:`UnknownOrganizationError` (404). Which targets need which access is the functions'
-decision (see ``functions/main.py``); this module only answers "who" and "which role".
+decision (see :mod:`quotaflow.server.targets`); this module only answers "who" and "which role".
 
 Database access goes through whatever the caller passes as ``db``: a psycopg connection, a
 :class:`~quotaflow.backends.PostgresBackend` (its pool) or a database URL.
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ._db import Db, db_cursor
-from .errors import (
+from .._db import Db, db_cursor
+from ..errors import (
     AuthenticationError,
     AuthorizationError,
     BackendUnavailableError,

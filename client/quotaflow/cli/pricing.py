@@ -1,0 +1,297 @@
+"""``quotaflow pricing list|import``: the price catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    CliError,
+    add_command,
+    add_group,
+    connect,
+    print_json,
+    render_table,
+)
+
+LITELLM_URL = "https://github.com/BerriAI/litellm/blob/main/model_prices_and_context_window.json"
+
+# LiteLLM's litellm_provider -> quotaflow provider, with a priority when two entries name the
+# same model (Google AI Studio's gemini/ prices over Vertex AI's).
+LITELLM_PROVIDERS: dict[str, tuple[str, int]] = {
+    "openai": ("openai", 0),
+    "text-completion-openai": ("openai", 1),
+    "anthropic": ("anthropic", 0),
+    "gemini": ("google", 0),
+    "vertex_ai": ("google", 1),
+    "vertex_ai-language-models": ("google", 1),
+    "xai": ("xai", 0),
+}
+_NAME_PREFIXES = ("openai/", "anthropic/", "gemini/", "vertex_ai/", "xai/", "models/")
+_MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.:/-]*$")
+_LONG_RE = re.compile(r"^input_cost_per_token_above_(\d+)k_tokens$")
+PRICE_FIELDS = (
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "cached_input_usd_per_mtok",
+    "cache_write_usd_per_mtok",
+    "long_context_threshold",
+    "long_input_usd_per_mtok",
+    "long_output_usd_per_mtok",
+    "long_cached_input_usd_per_mtok",
+    "long_cache_write_usd_per_mtok",
+)
+
+
+@dataclass
+class PriceRow:
+    """One model's prices in cost_estimates units (USD per million tokens)."""
+
+    provider: str
+    model: str
+    prices: dict[str, Decimal | int | None]
+    source_name: str = ""
+    priority: int = 0
+
+
+@dataclass
+class ParsedPrices:
+    rows: list[PriceRow] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(entry name, reason)."""
+
+
+def _per_million(value: Any) -> Decimal | None:
+    """Per-token USD (exact, from the JSON text) to per-million, without exponent notation."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, Decimal)):
+        d = Decimal(value) * 1_000_000
+    elif isinstance(value, str):
+        try:
+            d = Decimal(value) * 1_000_000
+        except InvalidOperation:
+            return None
+    else:
+        return None
+    if not d.is_finite() or d < 0:
+        return None
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
+def parse_litellm_prices(text: str, providers: Sequence[str] | None = None) -> ParsedPrices:
+    """The rows of a LiteLLM ``model_prices_and_context_window.json`` quotaflow can use:
+    OpenAI, Anthropic, Google (gemini and Vertex AI Gemini) and xAI models priced per token."""
+    data = json.loads(text, parse_float=Decimal)
+    if not isinstance(data, dict):
+        raise CliError("not a LiteLLM price file: expected a JSON object of models")
+    parsed = ParsedPrices()
+    chosen: dict[tuple[str, str], PriceRow] = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or name == "sample_spec":
+            continue
+        litellm_provider = str(entry.get("litellm_provider") or "")
+        mapping = LITELLM_PROVIDERS.get(litellm_provider)
+        if mapping is None:
+            parsed.skipped.append((name, f"provider {litellm_provider or '?'} not supported"))
+            continue
+        provider, priority = mapping
+        if providers and provider not in providers:
+            continue
+        model = name.strip().lower()
+        for prefix in _NAME_PREFIXES:
+            model = model.removeprefix(prefix)
+        if provider == "google" and not model.startswith("gemini"):
+            parsed.skipped.append((name, "not a Gemini model"))
+            continue
+        if not _MODEL_RE.match(model):
+            parsed.skipped.append((name, "model name quotaflow cannot store"))
+            continue
+        input_price = _per_million(entry.get("input_cost_per_token"))
+        output_price = _per_million(entry.get("output_cost_per_token"))
+        if output_price is None and entry.get("mode") == "embedding":
+            output_price = Decimal(0)
+        if input_price is None or output_price is None:
+            parsed.skipped.append((name, "no per-token input and output price"))
+            continue
+        prices: dict[str, Decimal | int | None] = {
+            "input_usd_per_mtok": input_price,
+            "output_usd_per_mtok": output_price,
+            "cached_input_usd_per_mtok": _per_million(entry.get("cache_read_input_token_cost")),
+            "cache_write_usd_per_mtok": _per_million(entry.get("cache_creation_input_token_cost")),
+            "long_context_threshold": None,
+            "long_input_usd_per_mtok": None,
+            "long_output_usd_per_mtok": None,
+            "long_cached_input_usd_per_mtok": None,
+            "long_cache_write_usd_per_mtok": None,
+        }
+        tiers = sorted(int(m.group(1)) for k in entry if (m := _LONG_RE.match(k)))
+        for tier in tiers:
+            long_input = _per_million(entry.get(f"input_cost_per_token_above_{tier}k_tokens"))
+            if long_input is None:
+                continue
+            suffix = f"_above_{tier}k_tokens"
+            prices.update(
+                long_context_threshold=tier * 1000,
+                long_input_usd_per_mtok=long_input,
+                long_output_usd_per_mtok=_per_million(entry.get("output_cost_per_token" + suffix))
+                or output_price,
+                long_cached_input_usd_per_mtok=_per_million(
+                    entry.get("cache_read_input_token_cost" + suffix)
+                ),
+                long_cache_write_usd_per_mtok=_per_million(
+                    entry.get("cache_creation_input_token_cost" + suffix)
+                ),
+            )
+            break  # one long-context tier: the lowest threshold
+        row = PriceRow(provider, model, prices, name, priority)
+        key = (provider, model)
+        if key not in chosen or priority < chosen[key].priority:
+            chosen[key] = row
+    parsed.rows = sorted(chosen.values(), key=lambda r: (r.provider, r.model))
+    return parsed
+
+
+def _same_prices(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    for key in PRICE_FIELDS:
+        a, b = current.get(key), new.get(key)
+        if a is None or b is None:
+            if a is not b:
+                return False
+        elif Decimal(a) != Decimal(b):
+            return False
+    return True
+
+
+def cmd_pricing_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+    try:
+        parsed = parse_litellm_prices(text, args.provider)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path} is not JSON: {exc}") from exc
+    counts = {"new": 0, "changed": 0, "unchanged": 0}
+    changes: list[str] = []
+    with connect(args) as conn, conn.transaction(force_rollback=args.dry_run):
+        for row in parsed.rows:
+            rows = conn.execute(
+                "select * from public.cost_estimates where provider = %s and model = %s"
+                " order by effective_from",
+                (row.provider, row.model),
+            ).fetchall()
+            current = next((r for r in rows if r["effective_to"] is None), None)
+            if current is not None and _same_prices(current, row.prices):
+                counts["unchanged"] += 1
+                continue
+            if current is None and args.only_existing:
+                continue
+            values = {
+                **row.prices,
+                "provider": row.provider,
+                "model": row.model,
+                "source_url": args.source_url,
+                "checked_on": date.today(),
+            }
+            if current is not None:
+                conn.execute(
+                    "update public.cost_estimates set effective_to = now() where id = %s",
+                    (current["id"],),
+                )
+                # now() is the transaction's start: the new row begins where the old one ends.
+                values["effective_from"] = conn.execute("select now() as t").fetchone()["t"]
+                counts["changed"] += 1
+                changes.append(f"changed {row.provider}/{row.model}")
+            else:
+                if rows:  # only closed rows: start after the last one ended
+                    values["effective_from"] = max(r["effective_to"] for r in rows)
+                counts["new"] += 1
+                changes.append(f"new     {row.provider}/{row.model}")
+            names = ", ".join(values)
+            marks = ", ".join(f"%({k})s" for k in values)
+            conn.execute(f"insert into public.cost_estimates ({names}) values ({marks})", values)
+    if args.verbose:
+        for line in changes:
+            print(line)
+        for name, reason in parsed.skipped:
+            print(f"skipped {name}: {reason}")
+    prefix = "pricing import (dry run, nothing written)" if args.dry_run else "pricing import"
+    print(
+        f"{prefix}: {counts['new']} new, {counts['changed']} changed,"
+        f" {counts['unchanged']} unchanged, {len(parsed.skipped)} skipped"
+    )
+    return 0
+
+
+PRICE_COLUMNS = [
+    ("provider", "provider"),
+    ("model", "model"),
+    ("input_usd_per_mtok", "input $/Mtok"),
+    ("output_usd_per_mtok", "output $/Mtok"),
+    ("cached_input_usd_per_mtok", "cached in"),
+    ("cache_write_usd_per_mtok", "cache write"),
+    ("long_context_threshold", "long above"),
+    ("long_input_usd_per_mtok", "long in"),
+    ("long_output_usd_per_mtok", "long out"),
+    ("effective_from", "from (UTC)"),
+]
+
+
+def cmd_pricing_list(args: argparse.Namespace) -> int:
+    where = ["(%(all)s or effective_to is null)"]
+    params: dict[str, Any] = {"all": args.all}
+    if args.provider:
+        where.append("provider = any(%(provider)s)")
+        params["provider"] = args.provider
+    if args.model:
+        where.append("model like %(model)s")
+        params["model"] = "%" + args.model.lower().replace("%", r"\%").replace("_", r"\_") + "%"
+    with connect(args) as conn:
+        rows = conn.execute(
+            "select * from public.cost_estimates where "
+            + " and ".join(where)
+            + " order by provider, model, effective_from",
+            params,
+        ).fetchall()
+    if args.json:
+        print_json(rows)
+        return 0
+    columns = PRICE_COLUMNS + ([("effective_to", "to (UTC)")] if args.all else [])
+    print(render_table(rows, columns))
+    return 0
+
+
+def register(sub: Any) -> None:
+    psub = add_group(sub, "pricing", "list and import model prices")
+    p = add_command(psub, "list", "list current prices (USD per million tokens)", cmd_pricing_list)
+    p.add_argument("--provider", action="append", help="only this provider (repeatable)")
+    p.add_argument("--model", help="only models whose name contains this")
+    p.add_argument("--all", action="store_true", help="include closed (past) prices")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add_command(
+        psub,
+        "import",
+        "import LiteLLM's model_prices_and_context_window.json: changed prices close the old"
+        " row and open a new one, unchanged rows are left alone",
+        cmd_pricing_import,
+    )
+    p.add_argument("file", help="path to model_prices_and_context_window.json")
+    p.add_argument(
+        "--provider",
+        action="append",
+        choices=["openai", "anthropic", "google", "xai"],
+        help="only this provider (repeatable)",
+    )
+    p.add_argument("--only-existing", action="store_true", help="update known models only")
+    p.add_argument("--dry-run", action="store_true", help="count, write nothing")
+    p.add_argument("--source-url", default=LITELLM_URL, help="recorded as each row's source")
+    p.add_argument("-v", "--verbose", action="store_true", help="list each change and skip")
