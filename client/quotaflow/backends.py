@@ -9,7 +9,8 @@ Both implement :class:`Backend`:
   deployment, e.g. a Supabase project, with a service-role or organization API key.
 
 SQL errors are translated to the exception tree in :func:`translate_db_error` (by errcode);
-HTTP error bodies in :func:`translate_http_error` (by status and ``code``).
+HTTP error bodies in :func:`translate_http_error` (by ``code``, else status): both with the
+maps :mod:`quotaflow.errors` derives from its classes.
 """
 
 from __future__ import annotations
@@ -21,23 +22,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from .errors import (
-    AuthenticationError,
-    AuthorizationError,
     BackendUnavailableError,
     ConfigurationError,
-    IdempotencyConflictError,
-    PricingNotFoundError,
-    QuotaExceededError,
     QuotaflowError,
     TrackingError,
     ValidationError,
+    error_for_http,
+    error_for_sqlstate,
 )
 from .models import (
     QuotaCheck,
@@ -131,51 +128,6 @@ def _detail(raw: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _dec(v: Any) -> Decimal | None:
-    return None if v is None else Decimal(str(v))
-
-
-def _ts(v: Any) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(str(v))
-
-
-def quota_exceeded_from(message: str, detail: dict[str, Any]) -> QuotaExceededError:
-    """Builds the typed error from the QF001 detail (SQL) or a 429 body (HTTP)."""
-    return QuotaExceededError(
-        message,
-        quota_id=detail.get("quota_id"),
-        quota_type=detail.get("quota_type"),
-        metric=detail.get("metric"),
-        quota_limit=_dec(detail.get("quota_limit")),
-        current_usage=_dec(detail.get("current_usage")),
-        reserved=_dec(detail.get("reserved")),
-        remaining=_dec(detail.get("remaining")),
-        requested=_dec(detail.get("requested")),
-        reset_at=_ts(detail.get("reset_at")),
-    )
-
-
-def error_from_sqlstate(state: str, message: str, detail: dict[str, Any]) -> QuotaflowError:
-    """Maps an SQLSTATE (see the usage migration's list) to the exception tree."""
-    if state == "QF001":
-        return quota_exceeded_from(message, detail)
-    if state == "QF002":
-        return PricingNotFoundError(
-            message, provider=detail.get("provider"), model=detail.get("model")
-        )
-    if state == "QF003":
-        return IdempotencyConflictError(message)
-    if state == "42501":
-        return AuthorizationError(message)
-    if state == "QF004" or state[:2] in ("22", "23"):
-        return ValidationError(message)
-    if state[:2] in ("08", "57", "53"):
-        return BackendUnavailableError(f"database unavailable: {message}")
-    return TrackingError(f"database error {state}: {message}")
-
-
 def translate_db_error(exc: Exception) -> QuotaflowError:
     """Maps a psycopg error to the exception tree by SQLSTATE."""
     import psycopg
@@ -187,7 +139,7 @@ def translate_db_error(exc: Exception) -> QuotaflowError:
     message = exc.diag.message_primary or str(exc)
     if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
         return BackendUnavailableError(f"database unavailable: {message}")
-    return error_from_sqlstate(exc.sqlstate or "", message, _detail(exc.diag.message_detail))
+    return error_for_sqlstate(exc.sqlstate or "", message, _detail(exc.diag.message_detail))
 
 
 def _transient_db(exc: Exception) -> bool:
@@ -399,7 +351,7 @@ class PostgresBackend:
         out: list[RecordResult | QuotaflowError] = []
         for row in rows:
             if row["error_code"]:
-                out.append(error_from_sqlstate(row["error_code"], row["error_message"], {}))
+                out.append(error_for_sqlstate(row["error_code"], row["error_message"]))
             else:
                 result = {k: row[k] for k in RecordResult.model_fields}  # not idx, error_*
                 out.append(RecordResult.model_validate(_stringify_ids(result)))
@@ -517,23 +469,7 @@ def translate_http_error(response: httpx.Response) -> QuotaflowError:
     if not isinstance(err, dict):
         err = {}
     message = str(err.get("message") or response.reason_phrase or "request failed")
-    code = err.get("code")
-    status = response.status_code
-    if status == 429 or code == "quota_exceeded":
-        return quota_exceeded_from(message, err)
-    if code == "pricing_not_found" or status == 422:
-        return PricingNotFoundError(message, provider=err.get("provider"), model=err.get("model"))
-    if status == 409 or code == "idempotency_conflict":
-        return IdempotencyConflictError(message)
-    if status == 401:
-        return AuthenticationError(message)
-    if status == 403:
-        return AuthorizationError(message)
-    if 400 <= status < 500:
-        return ValidationError(message, field=err.get("field"))
-    if status in (502, 503, 504):
-        return BackendUnavailableError(f"functions unavailable ({status}): {message}")
-    return TrackingError(f"functions error {status}: {message}")
+    return error_for_http(response.status_code, message, err)
 
 
 class HttpBackend:
@@ -625,9 +561,7 @@ class HttpBackend:
         for r in self._call("track", body)["results"]:
             err = r.get("error")
             if err:
-                out.append(
-                    error_from_sqlstate(err.get("sqlstate", ""), err.get("message", ""), err)
-                )
+                out.append(error_for_sqlstate(err.get("sqlstate", ""), err.get("message", ""), err))
             else:
                 out.append(RecordResult.model_validate(r))
         return out

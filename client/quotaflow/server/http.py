@@ -41,11 +41,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from quotaflow import PostgresBackend, Tracker
 from quotaflow.errors import (
-    AuthorizationError,
     BackendUnavailableError,
     ConfigurationError,
-    IdempotencyConflictError,
-    PricingNotFoundError,
     ProviderError,
     QuotaExceededError,
     QuotaflowError,
@@ -56,7 +53,6 @@ from quotaflow.server.auth import (
     AuthConfig,
     AuthenticationError,
     Principal,
-    UnknownOrganizationError,
     authenticate,
     authorize,
 )
@@ -102,38 +98,10 @@ class HttpError(Exception):
         self.fields = fields
 
 
-# Checked in order: subclasses before their bases.
-_STATUS_OF: tuple[tuple[type[BaseException], int], ...] = (
-    (AuthenticationError, 401),
-    (AuthorizationError, 403),
-    (UnknownOrganizationError, 404),
-    (QuotaExceededError, 429),
-    (PricingNotFoundError, 422),
-    (IdempotencyConflictError, 409),
-    (ValidationError, 400),
-    (ProviderError, 502),
-    (BackendUnavailableError, 503),
-    (ConfigurationError, 500),
-    (QuotaflowError, 500),
-)
-
-
-# The inverse of quotaflow.backends.error_from_sqlstate: what a batch item's error carries so
-# HttpBackend.record_usage_batch rebuilds the same exception on the client.
-_SQLSTATE_OF: tuple[tuple[type[BaseException], str], ...] = (
-    (QuotaExceededError, "QF001"),
-    (PricingNotFoundError, "QF002"),
-    (IdempotencyConflictError, "QF003"),
-    (AuthorizationError, "42501"),
-    (ValidationError, "22023"),
-    (BackendUnavailableError, "08000"),
-)
-
-
 def item_error(exc: QuotaflowError) -> dict[str, Any]:
-    """One failed item of a batch: the error's fields plus the SQLSTATE it maps back from."""
-    sqlstate = next((s for cls, s in _SQLSTATE_OF if isinstance(exc, cls)), "XX000")
-    return {**exc.to_dict(), "sqlstate": sqlstate}
+    """One failed item of a batch: the error's fields plus its SQLSTATE, from which
+    HttpBackend.record_usage_batch rebuilds the same exception on the client."""
+    return {**exc.to_dict(), "sqlstate": exc.sqlstate}
 
 
 def field_errors(
@@ -175,7 +143,7 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]
             400,
             {},
         )
-    status = next((s for cls, s in _STATUS_OF if isinstance(exc, cls)), 500)
+    status = exc.http_status if isinstance(exc, QuotaflowError) else 500
     headers: dict[str, str] = {}
     if isinstance(exc, QuotaflowError):
         detail = exc.to_dict()
