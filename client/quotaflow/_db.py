@@ -1,5 +1,7 @@
-"""One helper shared by the modules that run their own SQL (auth, reports): a dict-row
-cursor on whatever the caller has — a psycopg connection, a PostgresBackend, a database URL."""
+"""The one way quotaflow's own modules (auth, reports, the CLI) reach the database on
+whatever the caller has — a psycopg connection, a PostgresBackend, a database URL:
+:func:`db_connection` (a dict-row connection) and :func:`db_cursor` (a dict-row cursor).
+psycopg errors become quotaflow errors (``raise ... from``)."""
 
 from __future__ import annotations
 
@@ -15,32 +17,34 @@ Db = Any
 
 
 @contextmanager
-def db_cursor(db: Db) -> Iterator[Any]:
-    """A dict-row cursor on ``db``; psycopg errors become quotaflow errors (``raise ... from``).
-
-    A pooled connection is returned to the pool and a URL's connection closed on exit; a
-    connection passed in is left open, and on one not in autocommit mode the statements join
-    its open transaction.
-    """
+def db_connection(db: Db) -> Iterator[Any]:
+    """A connection returning dict rows: a pooled one (given back on exit), a new autocommit
+    one for a URL (closed on exit), or the connection passed in (left open; on one not in
+    autocommit mode the statements join its open transaction)."""
     import psycopg
     from psycopg.rows import dict_row
 
     try:
         if isinstance(db, PostgresBackend):
-            with db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                yield cur
+            with db.connection() as conn:
+                yield conn
         elif isinstance(db, str):
-            with (
-                psycopg.connect(db, autocommit=True) as conn,
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
-                yield cur
+            with psycopg.connect(db, autocommit=True, row_factory=dict_row) as conn:
+                yield conn
         elif isinstance(db, psycopg.Connection):
-            with db.cursor(row_factory=dict_row) as cur:
-                yield cur
+            yield db
         else:
             raise ConfigurationError(
                 f"expected a psycopg connection, a PostgresBackend or a database URL, got {db!r}"
             )
     except psycopg.Error as exc:
         raise translate_db_error(exc) from exc
+
+
+@contextmanager
+def db_cursor(db: Db) -> Iterator[Any]:
+    """A dict-row cursor on :func:`db_connection` of ``db``."""
+    from psycopg.rows import dict_row
+
+    with db_connection(db) as conn, conn.cursor(row_factory=dict_row) as cur:
+        yield cur

@@ -42,7 +42,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
 
-def _camel(name: str) -> str:
+def camel(name: str) -> str:
+    """``start_date`` -> ``startDate``: the alias generator of every model that accepts the
+    seeds' camelCase."""
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
 
@@ -57,7 +59,7 @@ class Message(_Model):
 class AIModelRequest(_Model):
     """One call to a model, shaped like seed 004's AIModelRequest."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     provider: Provider
     model: str = Field(min_length=1, max_length=200)
@@ -90,7 +92,7 @@ class AIModelRequest(_Model):
 class ExecutionContext(_Model):
     """Who a call is for and where it belongs; seed 004's ExecutionContext."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     organization_id: str = Field(min_length=1)
     user_id: str | None = Field(default=None, max_length=200)

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import IO, Any
 
-from ..backends import translate_db_error
+from .._db import db_connection
 from ..errors import ConfigurationError, QuotaflowError
 
 PROG = "quotaflow"
@@ -146,15 +146,9 @@ def database_url(args: argparse.Namespace) -> str:
 
 @contextmanager
 def connect(args: argparse.Namespace) -> Iterator[Any]:
-    """An autocommit dict-row connection; psycopg errors become quotaflow errors."""
-    import psycopg
-    from psycopg.rows import dict_row
-
-    try:
-        with psycopg.connect(database_url(args), autocommit=True, row_factory=dict_row) as conn:
-            yield conn
-    except psycopg.Error as exc:
-        raise translate_db_error(exc) from exc
+    """An autocommit dict-row connection to the command's database (quotaflow._db)."""
+    with db_connection(database_url(args)) as conn:
+        yield conn
 
 
 def resolve_org(conn: Any, org: str) -> str:

@@ -45,9 +45,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from .._db import db_cursor
 from ..backends import Backend, PostgresBackend, record_from_row, translate_db_error
 from ..errors import ConfigurationError, QuotaflowError, ValidationError
-from ..models import UsageRecord, normalise_provider
+from ..models import UsageRecord, camel, normalise_provider
 
 if TYPE_CHECKING:
     from psycopg import sql as pgsql
@@ -127,10 +128,6 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
-
 
 # ---------------------------------------------------------------------------------------
 # Filters
@@ -143,7 +140,7 @@ class UsageFilters(BaseModel):
     Accepts seed 002's camelCase too (``userId``, ``conversationId``, ``startDate``).
     """
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     organization_id: str = Field(min_length=1)
     user_id: str | None = None
@@ -247,14 +244,8 @@ def _postgres(backend: Any) -> PostgresBackend:
 
 
 def _rows(backend: Any, query: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
-    pg = _postgres(backend)
-    try:
-        with pg.connection() as conn:
-            return list(conn.execute(query, params).fetchall())
-    except QuotaflowError:
-        raise
-    except Exception as exc:
-        raise translate_db_error(exc) from exc
+    with db_cursor(_postgres(backend)) as cur:
+        return list(cur.execute(query, params).fetchall())
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,7 +293,7 @@ def count_records(backend: Any, filters: UsageFilters | dict[str, Any]) -> int:
 class UsageTotals(BaseModel):
     """Totals over a set of calls (seed 002's AggregatedUsage figures)."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=_camel)
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     total_requests: int = 0
     successful_requests: int = 0

@@ -98,6 +98,7 @@ from quotaflow.models import (
     Usage,
     UsageEvent,
     UsageRecord,
+    camel,
     normalise_provider,
 )
 from quotaflow.reports.summaries import MAX_TREND_DAYS
@@ -382,17 +383,13 @@ def _plausible_day(value: date | datetime | None) -> date | datetime | None:
 DayOrInstant = Annotated[datetime | date, BeforeValidator(_date_or_datetime)]
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
-
 
 class StatsFilter(In):
     """One report (seed 003): ``overview``, ``user`` (needs user_id), ``organization``,
     ``trends`` (``days``, default 30) or ``model-performance``. Dates are whole days in the
     organization's time zone (end included); date-times are instants (end excluded)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=_camel)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=camel)
 
     type: StatsType = "overview"
     user_id: Label | None = None
@@ -413,7 +410,7 @@ class StatsFilter(In):
 
 
 class UsageStatsQuery(StatsFilter):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=_camel)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=camel)
 
     organization_id: OrgId
 
@@ -421,7 +418,7 @@ class UsageStatsQuery(StatsFilter):
 class UsageStatsBulk(In):
     """Several reports in one request, as seed 003's admin API."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=_camel)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=camel)
 
     type: Literal["bulk"] = "bulk"
     organization_id: OrgId
