@@ -156,6 +156,12 @@ def bootstrap_db_url(pg_server: PgServer) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_db_url(pg_server: PgServer) -> Iterator[str]:
+    """URL of a fresh, empty database (no bootstrap; the cluster-wide roles may exist)."""
+    yield from _fresh_database(pg_server, f"{RUN_DBNAME}_e{next(_clone_numbers)}", None)
+
+
+@pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """Superuser (``postgres``) autocommit connection to ``db_url``."""
     with psycopg.connect(db_url, autocommit=True) as connection:

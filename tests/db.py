@@ -25,6 +25,7 @@ Fixtures (from ``tests/conftest.py``)
                                   the superuser ``postgres`` (bypasses RLS); closed after the test.
 ``seeded_db_url`` / ``seeded_conn`` (function)
                                -> the same, plus ``supabase/seed.sql`` (when the file exists).
+``empty_db_url`` (function)    -> a fresh, empty database (not even the bootstrap).
 ``bootstrap_db_url`` (function) -> a fresh database with only the bootstrap applied (no
                                   migrations): for applying migrations yourself, e.g. with the
                                   Supabase CLI.

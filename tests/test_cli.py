@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from psycopg.rows import dict_row
 from quotaflow.cli import build_parser, main
 
 from tests import report_data as rd
-from tests.db import MIGRATIONS_DIR, REPO_ROOT, sql_files
 
 D = Decimal
 FIXTURE = Path(__file__).parent / "fixtures" / "litellm_prices.json"
@@ -342,50 +340,3 @@ def test_outbox_status_of_an_empty_outbox(
     assert code == 0
     status = json.loads(out)
     assert (status["pending"], status["dead"]) == (0, 0)
-
-
-def test_migrate_without_the_supabase_cli(
-    capsys: pytest.CaptureFixture[str], bootstrap_db_url: str
-) -> None:
-    code, out, _ = run(capsys, "migrate", "--no-cli", "--database-url", bootstrap_db_url,
-                       "--workdir", str(REPO_ROOT))  # fmt: skip
-    assert code == 0
-    files = sql_files(MIGRATIONS_DIR)
-    assert out.count("Applying migration") == len(files)
-    code, out, _ = run(capsys, "migrate", "--no-cli", "--database-url", bootstrap_db_url)
-    assert "up to date" in out
-    with psycopg.connect(bootstrap_db_url) as c:
-        versions = {
-            r[0] for r in c.execute("select version from supabase_migrations.schema_migrations")
-        }
-        assert c.execute("select to_regclass('public.quota_alerts')").fetchone() == (
-            "quota_alerts",
-        )
-    assert versions == {f.name.split("_", 1)[0] for f in files}
-
-
-@pytest.mark.supabase_cli
-def test_migrate_with_the_supabase_cli(
-    capsys: pytest.CaptureFixture[str],
-    bootstrap_db_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Offline and without any user profile, as tests/test_supabase_cli.py runs it.
-    for key in list(os.environ):
-        if key.startswith(("SUPABASE_", "PG")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("DO_NOT_TRACK", "1")
-    monkeypatch.setenv("SUPABASE_TELEMETRY_DISABLED", "1")
-    monkeypatch.setenv("SUPABASE_NO_UPDATE_NOTIFIER", "1")
-    monkeypatch.setenv("PGSSLMODE", "disable")
-    monkeypatch.setenv("QUOTAFLOW_DATABASE_URL", bootstrap_db_url)
-    code, out, err = run(capsys, "migrate", "--workdir", str(REPO_ROOT))
-    assert code == 0, err
-    assert "Applying migration" in out + err
-    with psycopg.connect(bootstrap_db_url) as c:
-        assert c.execute(
-            "select to_regprocedure('public.usage_summary(uuid,timestamptz,timestamptz,text)')"
-        ).fetchone() != (None,)

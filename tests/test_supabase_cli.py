@@ -9,23 +9,20 @@ it gets an empty HOME so no user profile or access token is ever picked up.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.db import MIGRATIONS_DIR, REPO_ROOT, sql_files
+from tests.supabase_support import CLI_TIMEOUT_S, SUPABASE, cli_env
 
 pytestmark = pytest.mark.supabase_cli
 
-SUPABASE = REPO_ROOT / "node_modules" / ".bin" / "supabase"
-CLI_TIMEOUT_S = 120
 
 # Advisors that describe the database's runtime history, not its schema: on a database created
 # a second ago every index is "unused".
@@ -54,27 +51,12 @@ class CliResult:
             pytest.fail(f"CLI output is not JSON:\n{self.explain()}")
 
 
-def _cli_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "PG"))}
-    env.update(
-        HOME=str(home),
-        CI="true",
-        DO_NOT_TRACK="1",
-        SUPABASE_TELEMETRY_DISABLED="1",
-        SUPABASE_NO_UPDATE_NOTIFIER="1",
-        SUPABASE_NO_KEYRING="1",
-        # Local server without TLS: don't try TLS first and warn about the fallback.
-        PGSSLMODE="disable",
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def supabase_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """``run(*args) -> CliResult``: the CLI with ``--workdir <repo>``, offline, time-limited."""
     if not SUPABASE.exists():
         pytest.fail(f"{SUPABASE} is missing: run scripts/setup.sh (npm ci)")
-    env = _cli_env(tmp_path_factory.mktemp("supabase-home"))
+    env = cli_env(tmp_path_factory.mktemp("supabase-home"))
 
     def run(*args: str) -> CliResult:
         cmd = [str(SUPABASE), *args, "--workdir", str(REPO_ROOT), "--agent", "no"]

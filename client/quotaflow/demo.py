@@ -80,9 +80,9 @@ def create_database(admin_url: str, name: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         for f in sql_files("bootstrap"):
             conn.execute(f.read_text(encoding="utf-8").encode())
-    from .cli import apply_migrations
+    from .migrations import apply
 
-    apply_migrations(url)
+    apply(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(read_text("_sql", "seed.sql").encode())
     return url

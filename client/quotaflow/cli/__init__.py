@@ -1,6 +1,7 @@
 """The ``quotaflow`` command line: one module per command group.
 
-    quotaflow migrate                         apply quotaflow's migrations to a database
+    quotaflow migrate [--bootstrap]           apply quotaflow's migrations to a database
+    quotaflow supabase install                quotaflow's migrations into your supabase/migrations
     quotaflow serve --port 8080               every HTTP function on one port
     quotaflow quota set --org ORG --type daily --metric usd --limit 10
     quotaflow quota list --org ORG
@@ -26,22 +27,20 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import QuotaflowError
-from . import demo, export, keys, migrate, outbox, pricing, quota, report, serve
+from . import demo, export, keys, migrate, outbox, pricing, quota, report, serve, supabase
 from ._common import PROG, CliError, common_options, render_table
-from .migrate import apply_migrations
 from .pricing import PriceRow, parse_litellm_prices
 
 __all__ = [
     "CliError",
     "PriceRow",
-    "apply_migrations",
     "build_parser",
     "main",
     "parse_litellm_prices",
     "render_table",
 ]
 
-GROUPS = (migrate, serve, quota, pricing, report, export, keys, outbox, demo)
+GROUPS = (migrate, supabase, serve, quota, pricing, report, export, keys, outbox, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
