@@ -66,6 +66,8 @@ def test_help_lists_every_command() -> None:
     assert names >= {
         "migrate", "serve", "quota set", "quota list", "pricing list", "pricing import",
         "report", "export", "keys create", "keys revoke", "outbox status", "outbox flush",
+        "supabase install", "org create", "org list", "member add", "member remove",
+        "member list", "demo",
     }  # fmt: skip
 
 

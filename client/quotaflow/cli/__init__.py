@@ -3,6 +3,8 @@
     quotaflow migrate [--bootstrap]           apply quotaflow's migrations to a database
     quotaflow supabase install                quotaflow's migrations into your supabase/migrations
     quotaflow serve --port 8080               every HTTP function on one port
+    quotaflow org create Acme --time-zone America/Sao_Paulo --currency BRL --rate 5.4
+    quotaflow member add Acme USER_UUID --role owner     (also: member remove, member list)
     quotaflow quota set --org ORG --type daily --metric usd --limit 10
     quotaflow quota list --org ORG
     quotaflow pricing import model_prices_and_context_window.json
@@ -27,7 +29,20 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import QuotaflowError
-from . import demo, export, keys, migrate, outbox, pricing, quota, report, serve, supabase
+from . import (
+    demo,
+    export,
+    keys,
+    member,
+    migrate,
+    org,
+    outbox,
+    pricing,
+    quota,
+    report,
+    serve,
+    supabase,
+)
 from ._common import PROG, CliError, common_options, render_table
 from .pricing import PriceRow, parse_litellm_prices
 
@@ -40,7 +55,7 @@ __all__ = [
     "render_table",
 ]
 
-GROUPS = (migrate, supabase, serve, quota, pricing, report, export, keys, outbox, demo)
+GROUPS = (migrate, supabase, serve, org, member, quota, pricing, report, export, keys, outbox, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
