@@ -104,22 +104,24 @@ def test_get_records_pages_and_accepts_seed_camel_case(backend: PostgresBackend)
 
 
 def test_get_aggregated_totals(backend: PostgresBackend) -> None:
+    """get_aggregated reads usage_aggregate: the report functions' figures and field names."""
     agg = get_aggregated(backend, f())
-    assert (agg.total_requests, agg.successful_requests, agg.failed_requests) == (6, 5, 1)
+    assert (agg.requests, agg.successful_requests, agg.failed_requests) == (6, 5, 1)
     assert (agg.input_tokens, agg.output_tokens, agg.total_tokens) == (9000, 2600, 11600)
-    assert (agg.total_cost, agg.total_credits) == (rd.TOTAL_COST, rd.TOTAL_CREDITS)
-    assert agg.avg_cost_per_request == pytest.approx(rd.TOTAL_COST / 6, abs=D("1e-18"))
-    assert agg.avg_duration_ms == D("516.7")
+    assert (agg.cost_usd, agg.credits) == (rd.TOTAL_COST, rd.TOTAL_CREDITS)
+    assert agg.avg_cost_usd == pytest.approx(rd.TOTAL_COST / 6, abs=D("1e-18"))
+    assert agg.avg_latency_ms == D("516.7")
     assert agg.groups == [] and agg.group_by is None
     assert agg.first_at == datetime(2026, 1, 10, 9, tzinfo=timezone.utc)
-    seed_shape = agg.model_dump(by_alias=True)
-    assert seed_shape["totalRequests"] == 6 and seed_shape["avgCostPerRequest"] is not None
+    assert agg.cost_display == rd.TOTAL_DISPLAY  # the same figure as usage_summary's
+    camel_shape = agg.model_dump(by_alias=True)
+    assert camel_shape["requests"] == 6 and camel_shape["avgCostUsd"] is not None
 
 
 def test_get_aggregated_with_no_match_is_zero(backend: PostgresBackend) -> None:
     agg = get_aggregated(backend, f(user_id="nobody"), group_by="model")
-    assert (agg.total_requests, agg.total_cost, agg.groups) == (0, 0, [])
-    assert agg.avg_cost_per_request is None and agg.avg_duration_ms is None
+    assert (agg.requests, agg.cost_usd, agg.groups) == (0, 0, [])
+    assert agg.avg_cost_usd is None and agg.avg_latency_ms is None
 
 
 @pytest.mark.parametrize(
@@ -149,17 +151,17 @@ def test_get_aggregated_groups(
     backend: PostgresBackend, group_by: Any, expected: list[tuple[Any, ...]]
 ) -> None:
     agg = get_aggregated(backend, f(), group_by=group_by)
-    got = [(g.key, g.total_requests, g.failed_requests, g.total_cost) for g in agg.groups]
+    got = [(g.key, g.requests, g.failed_requests, g.cost_usd) for g in agg.groups]
     assert got == expected
-    assert agg.total_cost == rd.TOTAL_COST
-    assert sum(g.total_requests for g in agg.groups) == 6
+    assert agg.cost_usd == rd.TOTAL_COST
+    assert sum(g.requests for g in agg.groups) == 6
 
 
 def test_get_aggregated_group_figures(backend: PostgresBackend) -> None:
     by_user = get_aggregated(backend, f(), group_by="user").by_key()
     u2 = by_user["u2"]
-    assert (u2.input_tokens, u2.output_tokens, u2.total_credits) == (6000, 500, D("8.8"))
-    assert u2.avg_cost_per_request == D("0.0044") and u2.avg_duration_ms == D("500.0")
+    assert (u2.input_tokens, u2.output_tokens, u2.credits) == (6000, 500, D("8.8"))
+    assert u2.avg_cost_usd == D("0.0044") and u2.avg_latency_ms == D("500.0")
     with pytest.raises(ValidationError):
         get_aggregated(backend, f(), group_by="planet")  # type: ignore[arg-type]
 
@@ -236,7 +238,7 @@ def test_tracker_methods(backend: PostgresBackend) -> None:
     tracker = Tracker(backend=backend)
     assert ids(tracker.get_records(f(user_id="u2"))) == ["a5", "a2"]
     agg = tracker.get_aggregated(f(), group_by="provider")
-    assert isinstance(agg, AggregatedUsage) and agg.total_requests == 6
+    assert isinstance(agg, AggregatedUsage) and agg.requests == 6
     text = tracker.export("csv", f(model="rpt-haiku"))
     assert text.splitlines()[1].split(",")[1] == "a3"
     out = io.StringIO()

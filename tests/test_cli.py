@@ -260,7 +260,7 @@ def test_report_prints_readable_tables(
     assert "cost (BRL)            0.103" in out
     assert "credits               18.8" in out
     by_model = out.split("By model\n")[1].split("\n\n")[0].splitlines()
-    assert by_model[2].split()[:4] == ["openai", "rpt-large", "3", "0.3333"]
+    assert by_model[2].split()[:4] == ["openai", "rpt-large", "3", "0.6667"]
     by_user = out.split("By user (top 10)\n")[1].split("\n\n")[0].splitlines()
     assert [line.split()[1] for line in by_user[2:]] == ["u1", "u2"]
     by_day = out.split("By day\n")[1].splitlines()

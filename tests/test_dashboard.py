@@ -237,12 +237,12 @@ def test_the_json_view_equals_a_hand_computation(world: World, conn: Conn) -> No
         expected_daily
     )
     assert D(data["totals"]["cost_usd"]) == D("1.305")
-    assert (data["totals"]["requests"], data["totals"]["failed"]) == (6, 1)
+    assert (data["totals"]["requests"], data["totals"]["failed_requests"]) == (6, 1)
     assert datetime.fromisoformat(data["period"]["start"]) == local(29, 0, 0)
     assert datetime.fromisoformat(data["period"]["end"]) == local(-1, 0, 0)
 
     by_model = {
-        (g["provider"], g["model"]): (g["requests"], g["failed"], D(g["cost_usd"]))
+        (g["provider"], g["model"]): (g["requests"], g["failed_requests"], D(g["cost_usd"]))
         for g in data["by_model"]
     }
     assert by_model == {
@@ -251,7 +251,8 @@ def test_the_json_view_equals_a_hand_computation(world: World, conn: Conn) -> No
     }
     assert [g["model"] for g in data["by_model"]] == ["gpt-4o-mini", "claude-sonnet-4-5"]
     by_user = {
-        g["user_id"]: (g["requests"], g["failed"], D(g["cost_usd"])) for g in data["by_user"]
+        g["user_id"]: (g["requests"], g["failed_requests"], D(g["cost_usd"]))
+        for g in data["by_user"]
     }
     assert by_user == {
         "u1": (2, 0, D("0.75")),

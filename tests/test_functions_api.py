@@ -435,7 +435,11 @@ def test_usage_stats_overview_totals_and_breakdowns(usage: Api) -> None:
     body = r.get_json()
     assert body["type"] == "overview"
     totals = body["data"]["totals"]
-    assert (totals["requests"], totals["successful"], totals["failed"]) == (4, 3, 1)
+    assert (totals["requests"], totals["successful_requests"], totals["failed_requests"]) == (
+        4,
+        3,
+        1,
+    )
     assert totals["unique_users"] == 2 and Decimal(totals["success_rate"]) == Decimal("0.75")
     assert totals["display_currency"] == "USD"
     assert Decimal(totals["cost_display"]) == Decimal(totals["cost_usd"]) > 0

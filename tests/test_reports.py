@@ -410,3 +410,22 @@ def test_summary_reads_the_covering_index_only(data: Conn) -> None:
         )
     )
     assert "Index Only Scan using api_usage_logs_org_occurred_covering_idx" in plan, plan
+
+
+def test_report_models_use_the_sql_report_columns_names(conn: Conn) -> None:
+    """One vocabulary: every figure of the Python reports (usage_stats, dashboard, CLI report,
+    get_aggregated) is named as a column of the SQL report functions, except the few derived
+    fields listed here."""
+    from quotaflow import reports
+
+    rows = conn.execute(
+        "select unnest(proargnames) from pg_proc where pronamespace = 'public'::regnamespace"
+        " and proname in ('usage_summary', 'usage_by_day', 'usage_by_dimension',"
+        " 'model_performance', 'usage_aggregate')"
+    ).fetchall()
+    sql_names = {r[0] for r in rows}
+    derived = {"success_rate", "unique_users", "first_at", "last_at", "cost_per_1k_tokens",
+               "date", "group_by", "groups"}  # fmt: skip
+    for model in (reports.Totals, reports.Group, reports.DailyPoint, reports.ModelPerformance,
+                  reports.UsageTotals, reports.UsageGroup, reports.AggregatedUsage):  # fmt: skip
+        assert set(model.model_fields) - sql_names - derived == set(), model.__name__

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, Literal, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args, overload
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -291,11 +291,12 @@ def count_records(backend: Any, filters: UsageFilters | dict[str, Any]) -> int:
 
 
 class UsageTotals(BaseModel):
-    """Totals over a set of calls (seed 002's AggregatedUsage figures)."""
+    """Totals over a set of calls (seed 002's AggregatedUsage figures), named as the columns of
+    the SQL report functions (``usage_summary``, ``usage_aggregate``, ...)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
-    total_requests: int = 0
+    requests: int = 0
     successful_requests: int = 0
     failed_requests: int = 0
     input_tokens: int = 0
@@ -306,12 +307,14 @@ class UsageTotals(BaseModel):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     total_tokens: int = 0
-    total_cost: Decimal = Decimal(0)
-    """USD."""
-    total_credits: Decimal = Decimal(0)
-    avg_cost_per_request: Decimal | None = None
-    """USD; None when there were no calls."""
-    avg_duration_ms: Decimal | None = None
+    cost_usd: Decimal = Decimal(0)
+    credits: Decimal = Decimal(0)
+    cost_display: Decimal | None = None
+    """cost_usd in the organization's display currency (USD without one) at the rates in
+    force; None when a rate is missing."""
+    avg_cost_usd: Decimal | None = None
+    """None when there were no calls."""
+    avg_latency_ms: Decimal | None = None
     """Mean latency of the calls that reported one, to 0.1 ms."""
     first_at: datetime | None = None
     last_at: datetime | None = None
@@ -337,34 +340,14 @@ class AggregatedUsage(UsageTotals):
         return {g.key: g for g in self.groups}
 
 
-_GROUP_KEYS: dict[str, str] = {
-    "provider": "l.provider",
-    "model": "l.model",
-    "user": "l.user_id",
-    "conversation": "l.conversation_id",
-    "session": "l.session_id",
-    "workflow": "l.workflow_id",
-    # The time zone is an uncorrelated subquery: evaluated once, not per row.
-    "date": "((l.occurred_at at time zone (select o.time_zone from public.organizations o"
-    " where o.id = %(organization_id)s))::date)::text",
-}
+_GROUP_BY: tuple[str, ...] = get_args(GroupBy)
 
-_AGGREGATES = """
-  count(*) as total_requests,
-  count(*) filter (where l.success) as successful_requests,
-  count(*) filter (where not l.success) as failed_requests,
-  coalesce(sum(l.input_tokens), 0) as input_tokens,
-  coalesce(sum(l.output_tokens), 0) as output_tokens,
-  coalesce(sum(l.cached_input_tokens), 0) as cached_input_tokens,
-  coalesce(sum(l.cache_write_tokens), 0) as cache_write_tokens,
-  coalesce(sum(l.reasoning_tokens), 0) as reasoning_tokens,
-  coalesce(sum(l.input_tokens + l.output_tokens), 0) as total_tokens,
-  coalesce(sum(l.cost_usd), 0) as total_cost,
-  coalesce(sum(l.credits), 0) as total_credits,
-  avg(l.cost_usd) as avg_cost_per_request,
-  round(avg(l.latency_ms), 1) as avg_duration_ms,
-  min(l.occurred_at) as first_at,
-  max(l.occurred_at) as last_at
+_AGGREGATE_SQL = """
+select * from public.usage_aggregate(
+  organization_id => %(organization_id)s, start_at => %(start)s, end_at => %(end)s,
+  group_by => %(group_by)s, user_id => %(user_id)s, provider => %(provider)s,
+  model => %(model)s, conversation_id => %(conversation_id)s, session_id => %(session_id)s,
+  workflow_id => %(workflow_id)s, success => %(success)s, tags => %(tags)s::text[])
 """
 
 
@@ -374,48 +357,27 @@ def get_aggregated(
     group_by: GroupBy | None = None,
 ) -> AggregatedUsage:
     """Totals of the matching calls and, with ``group_by``, per provider, model, user,
-    conversation, session, workflow or date (the organization's local day, ``YYYY-MM-DD``);
-    one scan of the log either way."""
-    from psycopg import sql
-
+    conversation, session, workflow or date (the organization's local day, ``YYYY-MM-DD``):
+    the SQL report ``usage_aggregate``, one scan of the log either way."""
     f = _as_filters(filters)
-    if group_by is not None and group_by not in _GROUP_KEYS:
+    if group_by is not None and group_by not in _GROUP_BY:
         raise ValidationError(
-            f"group_by must be one of {', '.join(_GROUP_KEYS)} or None, got {group_by!r}",
+            f"group_by must be one of {', '.join(_GROUP_BY)} or None, got {group_by!r}",
             field="group_by",
         )
-    where, params = _where(f)
-    if group_by is None:
-        query = sql.SQL(
-            "select null::text as key, 1 as is_total, {} from public.api_usage_logs l where {}"
-        ).format(sql.SQL(_AGGREGATES), where)
-    else:
-        key = sql.SQL(_GROUP_KEYS[group_by])
-        order = (
-            sql.SQL("is_total desc, key")
-            if group_by == "date"
-            else sql.SQL("is_total desc, total_cost desc, total_requests desc, key nulls last")
-        )
-        query = sql.SQL(
-            "select k as key, grouping(k) as is_total, {aggs}"
-            " from public.api_usage_logs l cross join lateral (select {key} as k) g"
-            " where {where} group by grouping sets ((), (k)) order by {order}"
-        ).format(aggs=sql.SQL(_AGGREGATES), key=key, where=where, order=order)
-    rows = _rows(backend, query, params)
-    totals = next((r for r in rows if r["is_total"]), None) or {}
-    result = AggregatedUsage(
+    params = {**f.model_dump(), "group_by": group_by}
+    rows = _rows(backend, _AGGREGATE_SQL, params)
+    fields = set(UsageTotals.model_fields)
+    total = next(r for r in rows if r["is_total"])
+    return AggregatedUsage(
         group_by=group_by,
-        **{k: v for k, v in totals.items() if k not in ("key", "is_total") and v is not None},
+        **{k: v for k, v in total.items() if k in fields},
+        groups=[
+            UsageGroup(key=r["key"], **{k: v for k, v in r.items() if k in fields})
+            for r in rows
+            if not r["is_total"]
+        ],
     )
-    result.groups = [
-        UsageGroup(
-            key=r["key"],
-            **{k: v for k, v in r.items() if k not in ("key", "is_total") and v is not None},
-        )
-        for r in rows
-        if not r["is_total"]
-    ]
-    return result
 
 
 # ---------------------------------------------------------------------------------------

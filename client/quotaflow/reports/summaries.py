@@ -83,8 +83,8 @@ class Totals(_Model):
     """Sums over the calls in a period."""
 
     requests: int
-    successful: int
-    failed: int
+    successful_requests: int
+    failed_requests: int
     success_rate: Decimal | None
     """successful / requests, 4 decimals; None without calls."""
     input_tokens: int
@@ -99,8 +99,8 @@ class Totals(_Model):
     """The organization's display currency (USD without one)."""
     cost_display: Decimal | None
     """cost_usd in the display currency at the rates in force; None when a rate is missing."""
-    average_cost_usd: Decimal | None
-    average_latency_ms: Decimal | None
+    avg_cost_usd: Decimal | None
+    avg_latency_ms: Decimal | None
     unique_users: int
     first_at: datetime | None
     last_at: datetime | None
@@ -113,7 +113,7 @@ class Group(_Model):
     model: str | None = None
     user_id: str | None = None
     requests: int
-    failed: int
+    failed_requests: int
     total_tokens: int
     cost_usd: Decimal
     credits: Decimal
@@ -125,7 +125,7 @@ class DailyPoint(_Model):
 
     date: date
     requests: int
-    failed: int
+    failed_requests: int
     input_tokens: int
     output_tokens: int
     total_tokens: int
@@ -140,18 +140,18 @@ class ModelPerformance(_Model):
     provider: str
     model: str
     requests: int
-    successful: int
-    failed: int
+    successful_requests: int
+    failed_requests: int
     success_rate: Decimal
-    average_latency_ms: Decimal | None
+    avg_latency_ms: Decimal | None
     p50_latency_ms: Decimal | None
     p95_latency_ms: Decimal | None
-    average_input_tokens: Decimal
-    average_output_tokens: Decimal
+    avg_input_tokens: Decimal
+    avg_output_tokens: Decimal
     total_tokens: int
     cost_usd: Decimal
     cost_display: Decimal | None
-    average_cost_usd: Decimal
+    avg_cost_usd: Decimal
     cost_per_1k_tokens: Decimal | None
 
 
@@ -351,8 +351,8 @@ class _Scope:
         users = self.cur.execute(_USERS_SQL, self.params).fetchone()["users"]
         return Totals(
             requests=s["requests"],
-            successful=s["successful_requests"],
-            failed=s["failed_requests"],
+            successful_requests=s["successful_requests"],
+            failed_requests=s["failed_requests"],
             success_rate=_rate(s["successful_requests"], s["requests"]),
             input_tokens=s["input_tokens"],
             output_tokens=s["output_tokens"],
@@ -364,8 +364,8 @@ class _Scope:
             credits=s["credits"],
             display_currency=s["display_currency"],
             cost_display=s["cost_display"],
-            average_cost_usd=s["avg_cost_usd"],
-            average_latency_ms=s["avg_latency_ms"],
+            avg_cost_usd=s["avg_cost_usd"],
+            avg_latency_ms=s["avg_latency_ms"],
             unique_users=users,
             first_at=self.first_at,
             last_at=self.last_at,
@@ -399,7 +399,7 @@ class _Scope:
             DailyPoint(
                 date=r["day"],
                 requests=r["requests"],
-                failed=r["failed_requests"],
+                failed_requests=r["failed_requests"],
                 input_tokens=r["input_tokens"],
                 output_tokens=r["output_tokens"],
                 total_tokens=r["total_tokens"],
@@ -415,7 +415,7 @@ def _group(row: dict[str, Any], **keys: str | None) -> Group:
     return Group(
         **keys,
         requests=row["requests"],
-        failed=row["failed_requests"],
+        failed_requests=row["failed_requests"],
         total_tokens=row["total_tokens"],
         cost_usd=row["cost_usd"],
         credits=row["credits"],
@@ -445,10 +445,13 @@ def overview(
     start: date | datetime | None = None,
     end: date | datetime | None = None,
     user_id: str | None = None,
+    every_day: bool = False,
 ) -> OverviewReport:
-    """Totals of the period with breakdowns per provider, per model and per local day."""
+    """Totals of the period with breakdowns per provider, per model and per local day (the
+    days from the first call to the last; with ``every_day``, every day of a bounded period)."""
     with db_cursor(db) as cur:
         scope = _Scope(cur, organization_id, start, end, user_id)
+        dense = every_day and scope.period.start is not None and scope.period.end is not None
         return OverviewReport(
             organization_id=organization_id,
             period=scope.period,
@@ -456,7 +459,7 @@ def overview(
             totals=scope.totals(),
             by_provider=scope.groups("provider"),
             by_model=scope.by_model(),
-            daily=scope.daily(),
+            daily=scope.daily(dense=dense),
         )
 
 
@@ -549,18 +552,18 @@ def model_performance(
                     provider=r["provider"],
                     model=r["model"],
                     requests=r["requests"],
-                    successful=r["successful_requests"],
-                    failed=r["failed_requests"],
+                    successful_requests=r["successful_requests"],
+                    failed_requests=r["failed_requests"],
                     success_rate=1 - r["error_rate"],
-                    average_latency_ms=r["avg_latency_ms"],
+                    avg_latency_ms=r["avg_latency_ms"],
                     p50_latency_ms=r["p50_latency_ms"],
                     p95_latency_ms=r["p95_latency_ms"],
-                    average_input_tokens=r["avg_input_tokens"],
-                    average_output_tokens=r["avg_output_tokens"],
+                    avg_input_tokens=r["avg_input_tokens"],
+                    avg_output_tokens=r["avg_output_tokens"],
                     total_tokens=r["total_tokens"],
                     cost_usd=r["cost_usd"],
                     cost_display=r["cost_display"],
-                    average_cost_usd=r["avg_cost_usd"],
+                    avg_cost_usd=r["avg_cost_usd"],
                     cost_per_1k_tokens=(r["cost_usd"] * 1000 / r["total_tokens"]).quantize(
                         Decimal("1e-8")
                     )
