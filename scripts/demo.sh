@@ -13,6 +13,8 @@ PG_CLUSTER="${PG_CLUSTER:-main}"
 was_running=0
 pg_isready -q -h 127.0.0.1 -p "${PGPORT:-5432}" 2>/dev/null && was_running=1
 
+echo "demo.sh: checking this machine (the first run installs PostgreSQL, a Python environment"
+echo "         and the Supabase CLI, which takes a few minutes; later runs take seconds)"
 bash scripts/setup.sh || exit 1
 .venv/bin/quotaflow demo "$@"
 rc=$?

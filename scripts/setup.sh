@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepare this machine for the test suite; idempotent, non-interactive, silent on success.
+# Prepare this machine for the test suite; idempotent, non-interactive. Quiet when nothing is
+# missing; otherwise it says on stderr what it installs (the first run takes minutes).
 #
 #   - apt: postgresql-15 (if no PostgreSQL 15 server is installed), postgresql-15-plpgsql-check
 #     (needed by `supabase db lint`), node/npm if missing, chromium (the dashboard's browser test
@@ -26,6 +27,8 @@ export DEBIAN_FRONTEND=noninteractive
 LOG="$(mktemp -t quotaflow-setup.XXXXXX)"
 trap 'rm -f "$LOG"' EXIT
 
+note() { echo "setup.sh: $*" >&2; }
+
 # Run a command with its output captured; on failure show it and stop.
 run() {
   if ! "$@" </dev/null >>"$LOG" 2>&1; then
@@ -50,6 +53,7 @@ installed "postgresql-$PG_MAJOR-plpgsql-check" || missing+=("postgresql-$PG_MAJO
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 installed chromium || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
+  note "installing ${missing[*]} (apt)"
   run as_root apt-get update -qq
   run as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -58,9 +62,11 @@ fi
 cluster_status() { pg_lsclusters --no-header 2>/dev/null | awk -v v="$PG_MAJOR" -v c="$PG_CLUSTER" '$1 == v && $2 == c {print $4}'; }
 
 if [ -z "$(cluster_status)" ]; then
+  note "creating the PostgreSQL $PG_MAJOR cluster $PG_CLUSTER"
   run as_root pg_createcluster "$PG_MAJOR" "$PG_CLUSTER" --port "$PG_PORT"
 fi
 if [ "$(cluster_status)" != "online" ]; then
+  note "starting PostgreSQL $PG_MAJOR"
   run as_root pg_ctlcluster --skip-systemctl-redirect "$PG_MAJOR" "$PG_CLUSTER" start
 fi
 
@@ -99,22 +105,26 @@ fi
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
+  note "creating the Python environment .venv"
   run "$PY" -m venv .venv
 fi
 py_stamp=".venv/.quotaflow-setup-stamp"
 py_key="$(sha pyproject.toml)-$(.venv/bin/python -c 'import sys; print(sys.version)' | sha256sum | cut -c1-12)"
 if [ "$(cat "$py_stamp" 2>/dev/null || true)" != "$py_key" ]; then
+  note "installing quotaflow and its development tools into .venv (pip)"
   run .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   echo "$py_key" >"$py_stamp"
 fi
 
 # ---------------------------------------------------------------- Supabase CLI (npm)
 if [ ! -f package-lock.json ]; then
+  note "resolving the Supabase CLI (npm install)"
   run npm install --no-audit --no-fund --loglevel=error
 fi
 npm_stamp="node_modules/.quotaflow-setup-stamp"
 npm_key="$(sha package.json package-lock.json)"
 if [ "$(cat "$npm_stamp" 2>/dev/null || true)" != "$npm_key" ] || [ ! -x node_modules/.bin/supabase ]; then
+  note "installing the pinned Supabase CLI into node_modules (npm ci)"
   run npm ci --no-audit --no-fund --loglevel=error
   echo "$npm_key" >"$npm_stamp"
 fi

@@ -111,7 +111,7 @@ def test_cli_and_psycopg_are_interchangeable_both_ways(
     capsys.readouterr()
     assert main(["migrate", "--database-url", bootstrap_db_url]) == 0
     out = capsys.readouterr().out
-    assert "with the Supabase CLI" in out and "3 migration(s) applied" in out
+    assert "with the Supabase CLI" in out and f"{len(ours) - 5} migration(s) applied" in out
     assert [m.filename for m in ours[:5] if m.filename in out] == []
     assert [r[0] for r in history(bootstrap_db_url)] == [m.version for m in ours]
 
@@ -216,7 +216,7 @@ def test_install_writes_only_what_is_missing_and_never_the_apps_files(
     assert [line.split("/")[-1] for line in out.splitlines() if line.startswith("wrote")] == [
         m.filename for m in ours[5:]
     ]
-    assert "3 migration(s) written, 5 already present" in out
+    assert f"{len(ours) - 5} migration(s) written, 5 already present" in out
     assert "--include-all" in out  # they sort before the app's 2027 migration
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
     assert {k: after[k] for k in before} == before
@@ -224,7 +224,7 @@ def test_install_writes_only_what_is_missing_and_never_the_apps_files(
         assert (folder / m.filename).read_bytes() == m.text.encode()
 
     assert main(["supabase", "install", "--project-dir", str(project)]) == 0
-    assert "0 migration(s) written, 8 already present" in capsys.readouterr().out
+    assert f"0 migration(s) written, {len(ours)} already present" in capsys.readouterr().out
 
 
 def test_install_refuses_a_changed_copy_and_writes_nothing(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The offline demo: the whole system on this machine, narrated.
 
-    quotaflow demo [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--keep]
+    quotaflow demo [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+                   [--db-name quotaflow_demo] [--keep]
 
-Creates a fresh ``quotaflow_demo`` database (Supabase bootstrap, migrations applied with the
-Supabase CLI, demo seed), starts the fake providers (or uses the real ones for every
-provider whose API key is set), starts the HTTP functions on loopback, then plays a
+Creates a fresh database (``--db-name``, default ``quotaflow_demo``: an existing database of
+that name is DROPPED) with the Supabase bootstrap, quotaflow's migrations (the Supabase CLI if
+installed, else psycopg) and the demo seed, starts the fake providers (or uses the real ones
+for every provider whose API key is set), starts the HTTP functions on loopback, then plays a
 scenario: a call to each provider, a stream, a provider failure, concurrent calls racing for
 the last of a quota, a refusal with its reason, a duplicate retry charged once, a call
 through the HTTP functions; prints the usage report and quota status, names the dashboard
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from ._resources import read_text, sql_files
+from ._resources import read_text
 from .errors import ProviderError, QuotaExceededError
 from .models import Usage
 from .providers import ProviderClient, RetryPolicy
@@ -69,21 +71,22 @@ def step(n: int, title: str) -> None:
 
 
 def create_database(admin_url: str, name: str) -> str:
-    """A fresh database with the Supabase bootstrap, migrations (Supabase CLI) and seed."""
+    """A fresh database with the Supabase bootstrap, migrations and the demo seed; says each
+    step as it goes."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        say(f"  dropping database {name} if it exists, creating it")
         conn.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (name,)
         )
         conn.execute(f'drop database if exists "{name}"')
         conn.execute(f'create database "{name}"')
     url = _with_db(admin_url, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for f in sql_files("bootstrap"):
-            conn.execute(f.read_text(encoding="utf-8").encode())
     from .migrations import apply
 
-    apply(url)
+    say("  Supabase bootstrap (roles, auth schema) and quotaflow's migrations:")
+    apply(url, bootstrap_first=True, echo=lambda line: say(f"    {line}"))
     with psycopg.connect(url, autocommit=True) as conn:
+        say("  demo seed (an organization, quotas, prices)")
         conn.execute(read_text("_sql", "seed.sql").encode())
     return url
 
@@ -282,7 +285,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
         help="a server where the demo may create its database (default: local postgres)",
     )
-    parser.add_argument("--db-name", default="quotaflow_demo")
+    parser.add_argument(
+        "--db-name",
+        default="quotaflow_demo",
+        help="the database the demo creates; an existing one of that name is dropped first"
+        " (default quotaflow_demo)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port of the functions (0: any)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the functions and dashboard running until Ctrl-C"
@@ -302,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Plays the demo with parsed options."""
     say("quotaflow demo — track, price and cap AI calls; everything runs on this machine")
-    url = create_database(args.database_url, args.db_name)
+    server_name = urlsplit(args.database_url).hostname or "the local server"
     say(
-        f"database {args.db_name}: Supabase bootstrap, migrations applied with the Supabase CLI, "
-        "demo seed loaded"
+        f"setting up database {args.db_name} on {server_name}: this drops any existing database"
+        f" named {args.db_name} (choose another with --db-name)"
     )
+    url = create_database(args.database_url, args.db_name)
     service_key = "demo-service-" + secrets.token_urlsafe(16)
     with ExitStack() as stack, providers() as (client, fake):
         say(

@@ -57,6 +57,7 @@ _HISTORY_DDL = (
     f"alter table {HISTORY_TABLE} add column if not exists name text",
 )
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+_BOOTSTRAP_ATTEMPTS = 3
 
 Echo = Callable[[str], None]
 
@@ -239,9 +240,21 @@ def bootstrap(conn: Any, echo: Echo = _quiet) -> None:
             "this database is a Supabase project: it has its roles and auth schema already;"
             " the plain-PostgreSQL bootstrap must not run there (leave out --bootstrap)"
         )
+    import psycopg
+
     for f in sql_files("bootstrap"):
         echo(f"Applying bootstrap {f.name}...")
-        conn.execute(f.read_text(encoding="utf-8").encode())
+        for attempt in range(1, _BOOTSTRAP_ATTEMPTS + 1):
+            try:
+                conn.execute(f.read_bytes())
+                break
+            except psycopg.errors.InternalError_ as exc:
+                # Roles and their grants are cluster-wide: a bootstrap of another database
+                # running at the same moment can make a GRANT fail with "tuple concurrently
+                # updated". The file is idempotent, so it is run again.
+                if attempt == _BOOTSTRAP_ATTEMPTS:
+                    raise
+                echo(f"  retrying after a concurrent change to the cluster's roles: {exc}")
 
 
 @dataclass
