@@ -281,3 +281,100 @@ def app_for(target: str, config: dict[str, Any]) -> Any:
         app.config.pop(key, None)
     app.config.update(config)
     return app
+
+
+# ---------------------------------------------------------------------------------------
+# Calling the targets
+# ---------------------------------------------------------------------------------------
+
+UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+
+
+class Api:
+    """Calls targets as one of the world's callers (``as_``: service, key, owner, admin,
+    member, stranger, or a raw token; None sends no credential)."""
+
+    def __init__(self, world: World | None, jwks_url: str | None = None) -> None:
+        self._world = world
+        self.config = function_config(world.db_url if world else UNREACHABLE_DB, jwks_url)
+
+    @property
+    def world(self) -> World:
+        assert self._world is not None, "this test runs without a database"
+        return self._world
+
+    def token(self, as_: str | None) -> str | None:
+        if as_ is None:
+            return None
+        if as_ == "service":
+            return SERVICE_ROLE_KEY
+        if as_ in ("key", "owner", "admin", "member", "stranger"):
+            return self.world.token(as_)
+        return as_
+
+    def call(
+        self,
+        method: str,
+        target: str,
+        *,
+        as_: str | None = "service",
+        json_body: Any = None,
+        data: bytes | str | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        client = app_for(target, self.config).test_client()
+        kwargs: dict[str, Any] = {"headers": {**bearer(self.token(as_)), **(headers or {})}}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        if data is not None:
+            kwargs["data"] = data
+        if params is not None:
+            kwargs["query_string"] = params
+        return client.open("/", method=method, **kwargs)
+
+    def post(self, target: str, body: Any, as_: str | None = "service", **kw: Any) -> Any:
+        return self.call("POST", target, as_=as_, json_body=body, **kw)
+
+    def get(self, target: str, as_: str | None = "service", **params: Any) -> Any:
+        return self.call("GET", target, as_=as_, params=params)
+
+
+@pytest.fixture
+def api(world: World, jwks: JwksServer) -> Api:
+    return Api(world, jwks.url)
+
+
+@pytest.fixture
+def bare_api() -> Api:
+    """Targets with no database behind them: for what is refused before any query."""
+    return Api(None)
+
+
+def execute_body(org: str, **context: Any) -> dict[str, Any]:
+    return {
+        "request": {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "Say something about foxes."}],
+            "max_tokens": 200,
+        },
+        "context": {"organization_id": org, **context},
+    }
+
+
+def event_body(org: str, request_id: str = "evt-1", **kw: Any) -> dict[str, Any]:
+    return {
+        "organization_id": org,
+        "request_id": request_id,
+        "provider": "openai",
+        "model": "gpt-4o",
+        "usage": {"input_tokens": 1000, "output_tokens": 100},
+        **kw,
+    }
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    return body["error"]  # type: ignore[no-any-return]

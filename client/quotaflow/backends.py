@@ -137,9 +137,13 @@ def translate_db_error(exc: Exception) -> QuotaflowError:
     if not isinstance(exc, psycopg.Error):
         return TrackingError(f"tracking backend failed: {exc}")
     message = exc.diag.message_primary or str(exc)
+    error: QuotaflowError
     if isinstance(exc, psycopg.OperationalError) and not exc.sqlstate:
-        return BackendUnavailableError(f"database unavailable: {message}")
-    return error_for_sqlstate(exc.sqlstate or "", message, _detail(exc.diag.message_detail))
+        error = BackendUnavailableError(f"database unavailable: {message}")
+    else:
+        error = error_for_sqlstate(exc.sqlstate or "", message, _detail(exc.diag.message_detail))
+    error.__cause__ = exc  # as `raise ... from exc` would: the HTTP layer reads it
+    return error
 
 
 def _transient_db(exc: Exception) -> bool:

@@ -127,6 +127,9 @@ def _instant(v: Any) -> datetime | None:
     return datetime.fromisoformat(str(v))
 
 
+_WHOLE_LIMIT = "the call needs more than the quota's whole limit"
+
+
 class QuotaExceededError(QuotaflowError):
     """A hard quota refuses the call; carries the binding quota's figures."""
 
@@ -150,6 +153,9 @@ class QuotaExceededError(QuotaflowError):
     ) -> None:
         if "Quota exceeded" not in message:
             message = f"Quota exceeded: {message}"
+        exceeds = requested is not None and quota_limit is not None and requested > quota_limit
+        if exceeds and _WHOLE_LIMIT not in message:
+            message += f"; {_WHOLE_LIMIT} ({requested} > {quota_limit}): waiting cannot help"
         super().__init__(message)
         self.quota_id = quota_id
         self.quota_type = quota_type
@@ -160,6 +166,15 @@ class QuotaExceededError(QuotaflowError):
         self.remaining = remaining
         self.requested = requested
         self.reset_at = reset_at
+
+    @property
+    def exceeds_limit(self) -> bool:
+        """The call needs more than the quota's whole limit: no reset will let it through."""
+        return (
+            self.requested is not None
+            and self.quota_limit is not None
+            and self.requested > self.quota_limit
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def s(v: Any) -> Any:
@@ -176,6 +191,7 @@ class QuotaExceededError(QuotaflowError):
             "remaining": s(self.remaining),
             "requested": s(self.requested),
             "reset_at": self.reset_at.isoformat() if self.reset_at else None,
+            "exceeds_limit": self.exceeds_limit,
         }
 
     @classmethod
@@ -321,19 +337,30 @@ _BY_STATUS = {
     if cls.http_status in (401, 403, 409, 422, 429, 503)
 }
 
-# SQLSTATE classes (first two characters) the tree has no exact entry for.
+# SQLSTATE classes (first two characters) the tree has no exact entry for; any other class
+# (42 undefined object, 54 program limit, 55 object state, 58 system error, XX internal, ...)
+# is a fault of the server side: TrackingError.
 _SQLSTATE_FAMILIES: dict[str, type[QuotaflowError]] = {
     "22": ValidationError,  # data exception: bad argument, out of range, ...
     "23": ValidationError,  # integrity constraint violation
     "08": BackendUnavailableError,  # connection exception
-    "57": BackendUnavailableError,  # operator intervention: shutdown, crash, cancel
+    "40": BackendUnavailableError,  # serialization failure, deadlock: a retry succeeds
     "53": BackendUnavailableError,  # insufficient resources: too many connections, disk full
+    "57": BackendUnavailableError,  # operator intervention: shutdown, crash, cancel, timeout
+}
+# Exceptions inside those families that are the server's fault, not the request's.
+_SERVER_FAULTS: dict[str, type[QuotaflowError]] = {
+    "2200H": TrackingError,  # a sequence reached its maximum value
 }
 
 
 def error_class_for_sqlstate(sqlstate: str) -> type[QuotaflowError]:
     """The class an SQLSTATE maps to: its own, else its family's, else TrackingError."""
-    return _BY_SQLSTATE.get(sqlstate) or _SQLSTATE_FAMILIES.get(sqlstate[:2], TrackingError)
+    return (
+        _BY_SQLSTATE.get(sqlstate)
+        or _SERVER_FAULTS.get(sqlstate)
+        or _SQLSTATE_FAMILIES.get(sqlstate[:2], TrackingError)
+    )
 
 
 def error_for_sqlstate(

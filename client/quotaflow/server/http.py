@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,9 +100,9 @@ class HttpError(Exception):
 
 
 def item_error(exc: QuotaflowError) -> dict[str, Any]:
-    """One failed item of a batch: the error's fields plus its SQLSTATE, from which
-    HttpBackend.record_usage_batch rebuilds the same exception on the client."""
-    return {**exc.to_dict(), "sqlstate": exc.sqlstate}
+    """One failed item of a batch: what :func:`error_reply` would say, plus its SQLSTATE,
+    from which HttpBackend.record_usage_batch rebuilds the same exception on the client."""
+    return {**error_reply(exc)[0]["error"], "sqlstate": exc.sqlstate}
 
 
 def field_errors(
@@ -118,8 +119,32 @@ def field_errors(
     ]
 
 
+_SERVER_MESSAGES = {
+    503: "the database is unavailable; retry after Retry-After seconds",
+    500: "internal error",
+}
+"""What a 5xx says: the cause stays in the server log, under the reply's correlation_id."""
+
+
+def _database_internals(exc: BaseException) -> str | None:
+    """The SQLSTATE of a Postgres error that Postgres itself raised (a constraint, a type's
+    range) rather than a quotaflow function's ``raise exception``: its message names internal
+    objects. None for anything else."""
+    import psycopg
+
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.Error) and cause.diag.source_function != "exec_stmt_raise":
+        return cause.sqlstate or ""
+    return None
+
+
 def error_reply(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """``({"error": {"code", "message", ...}}, status, headers)`` for any exception."""
+    """``({"error": {"code", "message", ...}}, status, headers)`` for any exception.
+
+    A client's mistake is a 4xx naming what was wrong. A fault of the server side (5xx but a
+    provider's 502) says only a generic sentence and a ``correlation_id``; the cause goes to
+    the server log under that id. A value the database itself refused (not one of quotaflow's
+    own messages) is a 400 that does not quote the database's internal names."""
     if isinstance(exc, HttpError):
         return (
             {"error": {"code": exc.code, "message": str(exc), **exc.fields}},
@@ -145,17 +170,29 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], int, dict[str, str]
         )
     status = exc.http_status if isinstance(exc, QuotaflowError) else 500
     headers: dict[str, str] = {}
-    if isinstance(exc, QuotaflowError):
-        detail = exc.to_dict()
+    if not isinstance(exc, QuotaflowError) or (status >= 500 and status != 502):
+        correlation_id = uuid.uuid4().hex
+        log.error("quotaflow function failed [correlation_id=%s]: %r", correlation_id, exc,
+                  exc_info=exc)  # fmt: skip
+        code = exc.code if isinstance(exc, QuotaflowError) else "internal_error"
+        detail = {"code": code, "message": _SERVER_MESSAGES.get(status, "internal error"),
+                  "correlation_id": correlation_id}  # fmt: skip
     else:
-        log.exception("unexpected error in a quotaflow function", exc_info=exc)
-        detail = {"code": "internal_error", "message": "internal error"}
-    if status == 500 and isinstance(exc, QuotaflowError):
-        log.error("quotaflow function failed: %s", exc, exc_info=exc)
+        detail = exc.to_dict()
+        sqlstate = _database_internals(exc) if isinstance(exc, ValidationError) else None
+        if sqlstate is not None:
+            correlation_id = uuid.uuid4().hex
+            log.warning("the database refused a request's value [correlation_id=%s]: %s",
+                        correlation_id, exc)  # fmt: skip
+            detail.update(
+                message=f"a value of the request cannot be stored (database error {sqlstate})",
+                correlation_id=correlation_id,
+            )
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     elif isinstance(exc, QuotaExceededError):
-        if exc.reset_at is not None:
+        # Only when waiting can help: the call fits the quota's limit once the window resets.
+        if exc.reset_at is not None and not exc.exceeds_limit:
             seconds = (exc.reset_at - datetime.now(timezone.utc)).total_seconds()
             headers["Retry-After"] = str(max(1, math.ceil(seconds)))
     elif isinstance(exc, ProviderError):
@@ -320,11 +357,15 @@ class ErrorDetail(BaseModel):
     remaining: str | None = None
     requested: str | None = None
     reset_at: str | None = None
+    exceeds_limit: bool | None = None
+    """429: the call needs more than the quota's whole limit (then there is no Retry-After)."""
     provider: str | None = None
     model: str | None = None
     status: int | None = None
     """The provider's HTTP status (502)."""
     retryable: bool | None = None
+    correlation_id: str | None = None
+    """5xx (and a value the database refused): find the cause in the server log by it."""
 
 
 class ErrorBody(BaseModel):

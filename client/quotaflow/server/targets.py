@@ -112,6 +112,7 @@ from quotaflow.server.http import (
     Out,
     Reply,
     endpoint,
+    error_reply,
     item_error,
     json_response,
     openapi_document,
@@ -549,7 +550,7 @@ def _stream_events(result: TrackedStream | AIModelResponse) -> Iterator[str]:
         if result.response is not None:
             yield sse_event(StreamDone(**result.response.model_dump()))
     except QuotaflowError as exc:
-        yield sse_event(StreamFailure(error=ErrorDetail(**exc.to_dict())))
+        yield sse_event(StreamFailure(error=ErrorDetail(**error_reply(exc)[0]["error"])))
     finally:
         result.close()
 

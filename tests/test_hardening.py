@@ -1,0 +1,90 @@
+"""Issue 13's findings, each reproduced as the attacker tried it, now failing safely: the
+status and message a client sees, nothing written, the other tenant unaffected."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from quotaflow.backends import translate_db_error
+from quotaflow.server.http import error_reply
+
+from tests.functions_support import (
+    Api,
+    Conn,
+    add_quota,
+    api,
+    error_of,
+    event_body,
+    execute_body,
+    fake,
+    jwks,
+    log_rows,
+    quota_row,
+    world,
+)
+
+__all__ = ["api", "fake", "jwks", "world"]  # fixtures
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Server-side faults: 5xx, a generic message and a correlation id
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_database_fault_is_a_500_with_a_correlation_id_and_no_internal_names(
+    api: Api, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exhausted sequence (2200H) used to come back as 400 invalid_request quoting
+    "quota_alerts_id_seq"; the detail now goes to the server log only."""
+    add_quota(conn, api.world.org, "0.0001", metric="usd")
+    conn.execute("select setval('public.quota_alerts_id_seq', 9223372036854775807)")
+    with caplog.at_level(logging.ERROR, logger="quotaflow.functions"):
+        r = api.post("track", event_body(api.world.org, request_id="crosses-80"), as_="key")
+    assert r.status_code == 500
+    err = error_of(r)
+    assert err["code"] == "tracking_error" and err["message"] == "internal error"
+    assert "quota_alerts" not in r.get_data(as_text=True) and len(err["correlation_id"]) == 32
+    logged = [rec for rec in caplog.records if err["correlation_id"] in rec.getMessage()]
+    assert logged and "quota_alerts_id_seq" in logged[0].getMessage()
+    assert log_rows(conn, api.world.org) == []  # nothing half-written
+
+
+def test_a_value_postgres_itself_refuses_is_a_400_without_its_internal_names(conn: Conn) -> None:
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("insert into public.organizations (name) values ('')")
+    body, status, _ = error_reply(translate_db_error(refused.value))
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    assert "organizations" not in body["error"]["message"] and body["error"]["correlation_id"]
+    # quotaflow's own sentences (raise ... using errcode) stay as they are.
+    with pytest.raises(psycopg.Error) as ours:
+        conn.execute("select private.assert_time_zone('Mars/Olympus_Mons')")
+    body, status, _ = error_reply(translate_db_error(ours.value))
+    assert status == 400 and body["error"]["message"].startswith("invalid time zone")
+
+
+# ---------------------------------------------------------------------------------------
+# 9. Retry-After only when waiting can help
+# ---------------------------------------------------------------------------------------
+
+
+def test_retry_after_only_when_the_call_fits_the_limit_after_the_reset(
+    api: Api, conn: Conn, fake: Any
+) -> None:
+    big = add_quota(conn, api.world.org, "0.01", metric="usd", quota_type="daily")
+    conn.execute("update public.usage_quotas set current_usage = 0.0099 where id = %s", (big,))
+    r = api.post("execute", execute_body(api.world.org), as_="key")
+    assert r.status_code == 429 and error_of(r)["exceeds_limit"] is False
+    assert int(r.headers["Retry-After"]) >= 1
+
+    conn.execute("update public.usage_quotas set quota_limit = 0.0001, current_usage = 0"
+                 " where id = %s", (big,))  # fmt: skip
+    r = api.post("execute", execute_body(api.world.org), as_="key")
+    err = error_of(r)
+    assert r.status_code == 429 and "Retry-After" not in r.headers
+    assert err["exceeds_limit"] is True and "whole limit" in err["message"]
+    assert Decimal(err["requested"]) > Decimal(err["quota_limit"])
+    assert quota_row(conn, big)["reserved"] == 0 and fake.request_count() == 0
