@@ -260,11 +260,20 @@ def test_a_chunked_upload_over_the_limit_is_413(bare_server: LocalServer) -> Non
     assert httpx.get(server.functions_url + "/openapi.json").status_code == 200
 
 
-def test_openapi_document_is_served_with_the_servers_base_url(bare_server: LocalServer) -> None:
+def test_openapi_servers_come_from_configuration_never_from_the_host_header(
+    bare_server: LocalServer,
+) -> None:
+    """Issue 13: a forged Host used to become the document's server."""
     server = bare_server
-    doc = httpx.get(server.functions_url + "/openapi.json").json()
-    assert doc["servers"] == [{"url": server.functions_url}]
+    doc = httpx.get(server.functions_url + "/openapi.json", headers={"Host": "evil.test"}).json()
+    assert doc["servers"] == [{"url": "/functions/v1"}]
     assert httpx.get(server.functions_url + "/nope").status_code == 404
+    with LocalServer(config={"QUOTAFLOW_PUBLIC_URL": "https://abc.supabase.co/"}) as public:
+        doc = httpx.get(public.functions_url + "/openapi", headers={"Host": "evil.test"}).json()
+        assert doc["servers"] == [{"url": "https://abc.supabase.co/functions/v1"}]
+    with LocalServer(config={"QUOTAFLOW_PUBLIC_URL": "abc.supabase.co"}) as broken:
+        r = httpx.get(broken.functions_url + "/openapi")
+        assert r.status_code == 500 and r.json()["error"]["code"] == "configuration_error"
 
 
 def test_32_concurrent_executes_against_a_quota_that_fits_k_admit_exactly_k(

@@ -8,7 +8,8 @@ Flask app's config first — ``quotaflow.server`` puts its settings there — th
 environment): ``QUOTAFLOW_DATABASE_URL`` / ``DATABASE_URL``, ``SUPABASE_SERVICE_ROLE_KEY``,
 ``SUPABASE_JWT_SECRET`` and/or ``SUPABASE_JWKS_URL``, ``QUOTAFLOW_JWT_AUDIENCE``, provider keys
 and base URLs (``OPENAI_API_KEY``, ``QUOTAFLOW_OPENAI_BASE_URL``, ...; see
-``quotaflow.providers``), ``QUOTAFLOW_OUTBOX_PATH``.
+``quotaflow.providers``), ``QUOTAFLOW_OUTBOX_PATH``, ``QUOTAFLOW_PUBLIC_URL`` (the OpenAPI
+document's server).
 
 One connection pool per process and database, opened on first use; connections are always
 returned (``with backend.connection()``). If the database is unreachable when ``execute``
@@ -65,6 +66,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from importlib import metadata
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import flask
 import functions_framework
@@ -82,6 +84,7 @@ from quotaflow._resources import read_text
 from quotaflow.errors import (
     AuthorizationError,
     BackendUnavailableError,
+    ConfigurationError,
     QuotaflowError,
     ValidationError,
 )
@@ -116,6 +119,7 @@ from quotaflow.server.http import (
     item_error,
     json_response,
     openapi_document,
+    setting,
     sse_event,
     sse_response,
 )
@@ -139,6 +143,7 @@ __all__ = [
 ]
 """The targets: what ``functions/main.py`` re-exports with ``import *``."""
 
+FUNCTIONS_PATH = "/functions/v1"
 MAX_TOKENS = 10**12
 """Per call and kind of token: far above any real call, far below bigint."""
 MAX_BATCH = 1000
@@ -476,13 +481,24 @@ def health(call: Call) -> Reply:
 @functions_framework.http
 @endpoint(Op("GET", response=dict[str, Any]), auth=False)
 def openapi(call: Call) -> Reply:
-    """This API's OpenAPI 3.1 document."""
-    root = call.request.url_root.rstrip("/")
-    for suffix in ("/openapi.json", "/openapi"):
-        if root.endswith(suffix):
-            root = root[: -len(suffix)]
-            break
-    return openapi_document(root or "/", version=_version())
+    """This API's OpenAPI 3.1 document. Its ``servers`` entry is ``QUOTAFLOW_PUBLIC_URL`` +
+    ``/functions/v1`` when that is configured, else the relative ``/functions/v1`` — never
+    taken from the request's Host header."""
+    return openapi_document(public_functions_url(), version=_version())
+
+
+def public_functions_url() -> str:
+    """Where clients reach the functions, from configuration only."""
+    public = setting("QUOTAFLOW_PUBLIC_URL")
+    if not public:
+        return FUNCTIONS_PATH
+    parts = urlsplit(public)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"QUOTAFLOW_PUBLIC_URL must be an http(s) base URL such as https://<ref>.supabase.co,"
+            f" got {public!r}"
+        )
+    return public.rstrip("/") + FUNCTIONS_PATH
 
 
 @functions_framework.http
