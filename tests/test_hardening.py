@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -123,3 +124,56 @@ def test_csv_export_escapes_every_cell_a_spreadsheet_would_evaluate(
     assert main([*args, "--format", "jsonl"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert {k: exported[k] for k in FORMULAS} == FORMULAS
+
+
+# ---------------------------------------------------------------------------------------
+# 4. LISTEN quotaflow_alerts: opaque ids only, re-read through RLS
+# ---------------------------------------------------------------------------------------
+
+
+def test_listening_as_anon_hears_only_opaque_ids(db_url: str, conn: Conn) -> None:
+    from tests.test_alerts import call, make_org, make_quota
+
+    org = make_org(conn)
+    quota = make_quota(conn, org, 1, name="Secret project budget")
+    with psycopg.connect(db_url, autocommit=True) as spy:
+        spy.execute("set role anon")
+        spy.execute("listen quotaflow_alerts")
+        call(conn, org, "crosses")
+        notes = list(spy.notifies(timeout=5, stop_after=2))
+    assert notes, "the notification still fires"
+    for note in notes:
+        assert json.loads(note.payload) == {"quota_id": quota, "organization_id": org}
+        assert "Secret" not in note.payload
+
+
+def test_a_members_listener_receives_only_its_organizations_alerts(db_url: str, conn: Conn) -> None:
+    """The listener re-reads alerts as its own role: a member's sees its organization only."""
+    import queue
+    import uuid as uuid_mod
+
+    from psycopg.conninfo import make_conninfo
+    from quotaflow.reports.analytics import AlertListener, QuotaAlert
+
+    from tests.db import new_auth_user
+    from tests.test_alerts import WAIT, call, make_org, make_quota
+
+    mine, theirs = make_org(conn), make_org(conn)
+    member = new_auth_user(conn)
+    conn.execute("insert into public.organization_members values (%s, %s, 'member')",
+                 (mine, member))  # fmt: skip
+    my_quota, _ = make_quota(conn, mine, 1), make_quota(conn, theirs, 1)
+    claims = json.dumps({"sub": str(member), "role": "authenticated"}, separators=(",", ":"))
+    as_member = make_conninfo(
+        db_url, options=f"-c role=authenticated -c request.jwt.claims={claims}"
+    )
+    got: queue.Queue[QuotaAlert] = queue.Queue()
+    with AlertListener(as_member) as listener:
+        listener.add(got.put)  # every organization it can see
+        call(conn, theirs, f"t-{uuid_mod.uuid4()}")
+        call(conn, mine, f"m-{uuid_mod.uuid4()}")
+        received = [got.get(timeout=WAIT), got.get(timeout=WAIT)]
+        time.sleep(0.5)
+        assert got.empty()
+    assert {a.organization_id for a in received} == {mine}
+    assert {a.quota_id for a in received} == {my_quota}

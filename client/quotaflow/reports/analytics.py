@@ -465,9 +465,10 @@ def export(
     ``json``: one array, one object per line; ``jsonl``: one object per line; ``csv``: a header
     of :data:`EXPORT_COLUMNS` then one row per call (tags and metadata as JSON, booleans
     ``true``/``false``, empty cells for null, and a text cell that a spreadsheet would evaluate
-    — starting with ``= + - @``, a tab or CR — prefixed with ``'``). Rows come from a server-side cursor in batches of
-    ``batch_size`` inside one read-only transaction (one consistent snapshot), so memory stays
-    flat however many rows match. ``progress(rows_written)`` is called after every batch.
+    — starting with ``= + - @``, a tab or CR — prefixed with ``'``). Rows come from a
+    server-side cursor in batches of ``batch_size`` inside one read-only transaction (one
+    consistent snapshot), so memory stays flat however many rows match.
+    ``progress(rows_written)`` is called after every batch.
     """
     from psycopg import sql
     from psycopg.rows import tuple_row
@@ -557,10 +558,6 @@ class QuotaAlert(BaseModel):
             return Decimal(100)
         return (100 * self.usage / self.quota_limit).quantize(Decimal("0.01"))
 
-    @classmethod
-    def from_payload(cls, payload: str) -> QuotaAlert:
-        """Parses a ``quotaflow_alerts`` notification (numbers exact, as Decimal)."""
-        return cls.model_validate(json.loads(payload, parse_float=Decimal))
 
 
 _ALERTS_SQL = """
@@ -596,6 +593,11 @@ AlertCallback = Callable[[QuotaAlert], Any]
 class AlertListener:
     """Calls back on every quota alert, from a background thread with its own connection.
 
+    A notification on ``quotaflow_alerts`` carries only the quota's and organization's ids
+    (any role may LISTEN on any channel); the listener then reads the new alerts of that quota
+    from ``quota_alerts``, so its role sees only what RLS lets it (the service: every
+    organization; a member: theirs). The role must be able to read ``quota_alerts``.
+
     The connection is a plain (non-pooled) one: LISTEN only hears notifications on the
     session that issued it, and a pooled connection goes back to other users. When the
     connection breaks, the listener reconnects with backoff and first delivers the alerts
@@ -618,6 +620,9 @@ class AlertListener:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_id = 0
+        self._start_id = 0
+        """Alerts up to this id were recorded before the listener started: never delivered."""
+        self._seen_by_quota: dict[str, int] = {}
         self._can_catch_up = True
         self._seen: deque[int] = deque(maxlen=_ALERT_DEDUP_WINDOW)
         self._seen_set: set[int] = set()
@@ -691,13 +696,14 @@ class AlertListener:
                     if connected_before:
                         self._catch_up(conn)
                     else:
-                        self._last_id = self._latest_id(conn)
+                        self._last_id = self._start_id = self._latest_id(conn)
                     connected_before = True
                     self._ready.set()
                     delay = ALERT_RECONNECT_INITIAL_DELAY
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=ALERT_POLL_SECONDS):
-                            self._dispatch_payload(note.payload)
+                        # Collected first: the connection is busy while notifies() iterates.
+                        notes = list(conn.notifies(timeout=ALERT_POLL_SECONDS, stop_after=1))
+                        self._read_notified(conn, [n.payload for n in notes])
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     break
@@ -707,6 +713,36 @@ class AlertListener:
                 self._stop.wait(delay)
                 delay = min(delay * ALERT_RECONNECT_MULTIPLIER, ALERT_RECONNECT_MAX_DELAY)
 
+    def _read_notified(self, conn: Any, payloads: list[str]) -> None:
+        """A notification names a quota (opaque ids only): its new alerts are read from
+        quota_alerts, as this connection's role may see them, and dispatched in order."""
+        quotas: dict[str, str] = {}
+        for payload in payloads:
+            try:
+                note = json.loads(payload)
+                quotas[str(uuid.UUID(note["quota_id"]))] = str(note["organization_id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed %s notification: %.200s", self._channel, payload)
+        for quota_id, org in quotas.items():
+            if not self._wanted(org):
+                continue
+            try:
+                rows = conn.execute(
+                    _ALERTS_SQL + " where a.quota_id = %s and a.id > %s order by a.id",
+                    (quota_id, self._seen_by_quota.get(quota_id, self._start_id)),
+                ).fetchall()
+            except Exception as exc:
+                log.warning("alert listener could not read the alerts of quota %s: %s",
+                            quota_id, exc)  # fmt: skip
+                continue
+            for row in rows:
+                self._seen_by_quota[quota_id] = row["alert_id"]
+                self._dispatch(QuotaAlert.model_validate(row))
+
+    def _wanted(self, organization_id: str) -> bool:
+        with self._lock:
+            return any(org is None or org == organization_id for _, org, _ in self._callbacks)
+
     def _latest_id(self, conn: Any) -> int:
         """Where a catch-up after a reconnect starts: alerts older than the listener are
         not delivered."""
@@ -715,7 +751,8 @@ class AlertListener:
                 "select coalesce(max(id), 0) as id from public.quota_alerts"
             ).fetchone()
         except Exception as exc:
-            log.info("alert listener cannot read quota_alerts (%s): no catch-up on reconnect", exc)
+            log.warning("alert listener cannot read quota_alerts (%s): no alert can be delivered",
+                        exc)  # fmt: skip
             self._can_catch_up = False
             return 0
         return int(row["id"])
@@ -732,14 +769,6 @@ class AlertListener:
             return
         for row in rows:
             self._dispatch(QuotaAlert.model_validate(row))
-
-    def _dispatch_payload(self, payload: str) -> None:
-        try:
-            alert = QuotaAlert.from_payload(payload)
-        except ValueError:
-            log.warning("ignoring a malformed %s notification: %.200s", self._channel, payload)
-            return
-        self._dispatch(alert)
 
     def _dispatch(self, alert: QuotaAlert) -> None:
         if alert.alert_id in self._seen_set:
