@@ -7,8 +7,11 @@ import csv
 import io
 import json
 import logging
+import os
 import time
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,6 +19,7 @@ import pytest
 from quotaflow.backends import translate_db_error
 from quotaflow.server.http import error_reply
 
+from tests.db import act_as, new_auth_user
 from tests.functions_support import (
     Api,
     Conn,
@@ -177,3 +181,184 @@ def test_a_members_listener_receives_only_its_organizations_alerts(db_url: str, 
         assert got.empty()
     assert {a.organization_id for a in received} == {mine}
     assert {a.quota_id for a in received} == {my_quota}
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Bounded work per request
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_report_over_ten_centuries_is_refused_naming_the_limit(api: Api) -> None:
+    """The attack: overview from 1970 to 2999 with the org's key (10.7 s, 51.8 MB)."""
+    r = api.get("usage_stats", as_="key", organization_id=api.world.org, type="overview",
+                start_date="1970-01-01", end_date="2999-12-31")  # fmt: skip
+    err = error_of(r)
+    assert r.status_code == 400 and err["field"] == "start_date"
+    assert "at most 400 days" in err["message"]
+    r = api.get("usage_stats", as_="key", organization_id=api.world.org, type="overview",
+                start_date="1970-01-01")  # fmt: skip
+    assert r.status_code == 400 and "at most 400 days" in error_of(r)["message"]
+    # Without dates: the last 30 days.
+    r = api.get("usage_stats", as_="key", organization_id=api.world.org, type="overview")
+    period = r.get_json()["data"]["period"]
+    start, end = (datetime.fromisoformat(period[k]) for k in ("start", "end"))
+    assert r.status_code == 200 and end - start == timedelta(days=30)
+
+
+def test_a_bulk_request_is_capped_in_count_and_total_range(api: Api) -> None:
+    day = date(2026, 1, 1)
+
+    def filters(n: int, days: int) -> list[dict[str, Any]]:
+        return [{"type": "overview", "start_date": str(day),
+                 "end_date": str(day + timedelta(days=days - 1))}] * n  # fmt: skip
+
+    ok = api.post("usage_stats", {"organization_id": api.world.org, "filters": filters(20, 100)})
+    assert ok.status_code == 200 and len(ok.get_json()["results"]) == 20
+    too_long = api.post("usage_stats", {"organization_id": api.world.org,
+                                        "filters": filters(20, 101)})  # fmt: skip
+    err = error_of(too_long)
+    assert (
+        too_long.status_code == 400 and err["field"] == "filters" and "2000 days" in err["message"]
+    )
+    too_many = api.post("usage_stats", {"organization_id": api.world.org,
+                                        "filters": filters(21, 1)})  # fmt: skip
+    assert too_many.status_code == 400 and error_of(too_many)["field"] == "filters"
+
+
+def test_the_sql_reports_cap_the_range_for_the_api_roles(conn: Conn) -> None:
+    from tests.test_alerts import make_org
+
+    org = make_org(conn)
+    member = new_auth_user(conn)
+    conn.execute("insert into public.organization_members values (%s, %s, 'member')",
+                 (org, member))  # fmt: skip
+    for report in (
+        "select * from public.usage_summary(%s, '1970-01-01', '2999-12-31')",
+        "select * from public.usage_by_day(%s, '2020-01-01', '2026-01-01')",
+        "select * from public.usage_aggregate(%s)",  # unbounded
+    ):
+        with (
+            pytest.raises(psycopg.errors.InvalidParameterValue, match=r"400 days|finite"),
+            act_as(conn, "authenticated", sub=member) as c,
+        ):
+            c.execute(report, (org,))
+    with act_as(conn, "authenticated", sub=member) as c:
+        c.execute("select * from public.usage_summary(%s, '2025-01-01', '2026-01-01')", (org,))
+    # The service (the HTTP functions, the library) is trusted with longer ranges.
+    assert conn.execute("select requests from public.usage_aggregate(%s)", (org,)).fetchone()
+
+
+def test_a_report_that_runs_too_long_is_cancelled_with_a_503(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """statement_timeout on the report paths: a report blocked behind a lock is cancelled."""
+    from quotaflow.reports import summaries
+
+    monkeypatch.setattr(summaries, "REPORT_STATEMENT_TIMEOUT", "300ms")
+    with psycopg.connect(db_url) as locker:
+        locker.execute("lock table public.api_usage_logs in access exclusive mode")
+        r = api.get("usage_stats", as_="key", organization_id=api.world.org, type="overview")
+        locker.rollback()
+    err = error_of(r)
+    assert r.status_code == 503 and err["code"] == "backend_unavailable" and err["correlation_id"]
+    assert "statement" not in err["message"]
+
+
+MEMORY_BOUND_MB = 50
+"""What 20-item bulk usage_stats requests over the widest allowed ranges may add to the
+server's resident memory (measured on the test machine: about 70 MB before them and less
+than 1 MB more during them; before the limits, 20 unbounded reports grew it to 7 GB)."""
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_bulk_usage_stats_over_the_widest_ranges_keeps_the_servers_memory_bounded(
+    db_url: str, conn: Conn, tmp_path: Any
+) -> None:
+    """A `quotaflow serve` process answers 20-report bulk requests over the widest ranges
+    allowed (2,000 days in all) on 120,000 calls by 150 users and 120 models; its RSS, sampled
+    while they run, stays within MEMORY_BOUND_MB of what it was before them."""
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    from tests.test_alerts import make_org
+
+    org = make_org(conn)
+    conn.execute(
+        """
+        insert into public.api_usage_logs (organization_id, request_id, user_id, provider, model,
+          input_tokens, output_tokens, cost_usd, credits, latency_ms, occurred_at)
+        select %s, 'r' || i, 'user-' || (i %% 150), 'openai', 'model-' || (i %% 120),
+               1000, 200, 0.0021, 2.1, 300 + i %% 700,
+               now() - make_interval(mins => i * 20)
+        from generate_series(1, 120000) i
+        """,
+        (org,),
+    )
+    conn.execute("analyze public.api_usage_logs")
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "quotaflow"), "serve", "--port", "0"],
+        env={
+            **os.environ,
+            "QUOTAFLOW_DATABASE_URL": db_url,
+            "SUPABASE_SERVICE_ROLE_KEY": "k",
+            "QUOTAFLOW_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        base = line.split(" on ")[1].split("/<name>")[0]
+        today = date.today()
+        kinds = ["overview", "organization", "model-performance", "user"]
+        filters = [
+            {"type": kinds[i % 4], "user_id": "user-7",
+             "start_date": str(today - timedelta(days=100 * (i + 1) - 1)),
+             "end_date": str(today - timedelta(days=100 * i))}
+            for i in range(20)
+        ]  # fmt: skip
+        body = {"organization_id": org, "filters": filters}
+        headers = {"Authorization": "Bearer k"}
+        with httpx.Client(base_url=base + "/", headers=headers, timeout=120) as http:
+            first = http.post("usage_stats", json=body)  # warm: pool, imports, plans
+            assert first.status_code == 200, first.text
+            baseline = _rss_mb(server.pid)
+            peak = baseline
+            done = threading.Event()
+
+            def sample() -> None:
+                nonlocal peak
+                while not done.wait(0.02):
+                    peak = max(peak, _rss_mb(server.pid))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            sizes = []
+            try:
+                for _ in range(5):
+                    r = http.post("usage_stats", json=body)
+                    assert r.status_code == 200
+                    sizes.append(len(r.content))
+            finally:
+                done.set()
+                sampler.join()
+        results = first.json()["results"]
+        assert sum(p["requests"] for p in results[0]["data"]["daily"]) > 0
+        assert max(sizes) < 5 * 2**20  # responses are bounded too
+        assert peak - baseline < MEMORY_BOUND_MB, (baseline, peak)
+    finally:
+        server.terminate()
+        server.wait(10)

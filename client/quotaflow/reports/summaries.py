@@ -37,6 +37,9 @@ from ..errors import ValidationError
 from ..models import QuotaStatus
 
 __all__ = [
+    "DEFAULT_REPORT_DAYS",
+    "MAX_BULK_REPORT_DAYS",
+    "MAX_REPORT_DAYS",
     "DailyPoint",
     "DashboardReport",
     "Group",
@@ -59,7 +62,17 @@ __all__ = [
 
 MAX_GROUPS = 100
 """Rows per breakdown (by model, by user, ...), largest cost first."""
-MAX_TREND_DAYS = 366
+MAX_REPORT_DAYS = 400
+"""The longest period one report covers over HTTP (and through the SQL functions for the API
+roles): past it, 400 naming the limit."""
+MAX_TREND_DAYS = MAX_REPORT_DAYS
+DEFAULT_REPORT_DAYS = 30
+"""A report over HTTP without dates covers the last 30 days."""
+MAX_BULK_REPORT_DAYS = 2000
+"""The periods of one bulk usage_stats request together (20 reports of 100 days, 5 of 400)."""
+REPORT_STATEMENT_TIMEOUT = "15s"
+"""statement_timeout of every report query run in its own transaction (a report that needs
+longer is cancelled: 503)."""
 DASHBOARD_DAYS = 30
 """Local days the dashboard covers, today included."""
 DASHBOARD_RECENT_CALLS = 20
@@ -449,7 +462,7 @@ def overview(
 ) -> OverviewReport:
     """Totals of the period with breakdowns per provider, per model and per local day (the
     days from the first call to the last; with ``every_day``, every day of a bounded period)."""
-    with db_cursor(db) as cur:
+    with db_cursor(db) as cur, _bounded(cur):
         scope = _Scope(cur, organization_id, start, end, user_id)
         dense = every_day and scope.period.start is not None and scope.period.end is not None
         return OverviewReport(
@@ -472,7 +485,7 @@ def user_report(
     end: date | datetime | None = None,
 ) -> UserReport:
     """One app user's totals, models and days."""
-    with db_cursor(db) as cur:
+    with db_cursor(db) as cur, _bounded(cur):
         scope = _Scope(cur, organization_id, start, end, user_id)
         return UserReport(
             organization_id=organization_id,
@@ -492,7 +505,7 @@ def organization_report(
     end: date | datetime | None = None,
 ) -> OrganizationReport:
     """The organization's totals with breakdowns per app user and per model."""
-    with db_cursor(db) as cur:
+    with db_cursor(db) as cur, _bounded(cur):
         scope = _Scope(cur, organization_id, start, end)
         return OrganizationReport(
             organization_id=organization_id,
@@ -517,7 +530,7 @@ def trends(
     ``end`` (default today in the organization's time zone)."""
     if not 1 <= days <= MAX_TREND_DAYS:
         raise ValidationError(f"days must be between 1 and {MAX_TREND_DAYS}", field="days")
-    with db_cursor(db) as cur:
+    with db_cursor(db) as cur, _bounded(cur):
         if start is not None:
             first = _as_date(start)
             last = first + timedelta(days=days - 1)
@@ -542,7 +555,7 @@ def model_performance(
     user_id: str | None = None,
 ) -> ModelPerformanceReport:
     """Per provider and model: calls, success rate, latency percentiles, tokens and cost."""
-    with db_cursor(db) as cur:
+    with db_cursor(db) as cur, _bounded(cur):
         scope = _Scope(cur, organization_id, start, end, user_id)
         return ModelPerformanceReport(
             organization_id=organization_id,
@@ -584,15 +597,20 @@ def _as_date(value: date | datetime) -> date:
 
 
 @contextmanager
-def _snapshot(cur: Any) -> Iterator[None]:
-    """One read-only repeatable-read transaction on an autocommit connection, so figures
-    read by several statements agree with each other; a caller's open transaction is joined."""
+def _bounded(cur: Any, snapshot: bool = False) -> Iterator[None]:
+    """On an autocommit connection: one read-only transaction whose statements are cancelled
+    after :data:`REPORT_STATEMENT_TIMEOUT`, and with ``snapshot`` repeatable read, so figures
+    read by several statements agree with each other. A caller's open transaction is joined
+    as it is."""
     conn = cur.connection
     if not conn.autocommit:
         yield
         return
+    isolation = "repeatable read" if snapshot else "read committed"
     with conn.transaction():
-        cur.execute("set transaction isolation level repeatable read, read only")
+        cur.execute(f"set transaction isolation level {isolation}, read only")
+        cur.execute("select set_config('statement_timeout', %s, true)",
+                    (REPORT_STATEMENT_TIMEOUT,))  # fmt: skip
         yield
 
 
@@ -609,7 +627,7 @@ def dashboard(
         raise ValidationError(f"days must be between 1 and {MAX_TREND_DAYS}", field="days")
     if not 1 <= recent <= MAX_GROUPS:
         raise ValidationError(f"recent must be between 1 and {MAX_GROUPS}", field="recent")
-    with db_cursor(db) as cur, _snapshot(cur):
+    with db_cursor(db) as cur, _bounded(cur, snapshot=True):
         today = _today(cur, organization_id)
         first = today - timedelta(days=days - 1)
         scope = _Scope(cur, organization_id, first, today)

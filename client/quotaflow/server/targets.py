@@ -60,9 +60,10 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import math
 import re
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from importlib import metadata
 from typing import Annotated, Any, Literal
@@ -104,7 +105,12 @@ from quotaflow.models import (
     camel,
     normalise_provider,
 )
-from quotaflow.reports.summaries import MAX_TREND_DAYS
+from quotaflow.reports.summaries import (
+    DEFAULT_REPORT_DAYS,
+    MAX_BULK_REPORT_DAYS,
+    MAX_REPORT_DAYS,
+    MAX_TREND_DAYS,
+)
 from quotaflow.server.auth import ADMIN_ROLES, authenticate
 from quotaflow.server.http import (
     UUID_PATTERN,
@@ -389,11 +395,12 @@ def _plausible_day(value: date | datetime | None) -> date | datetime | None:
 DayOrInstant = Annotated[datetime | date, BeforeValidator(_date_or_datetime)]
 
 
-
 class StatsFilter(In):
     """One report (seed 003): ``overview``, ``user`` (needs user_id), ``organization``,
     ``trends`` (``days``, default 30) or ``model-performance``. Dates are whole days in the
-    organization's time zone (end included); date-times are instants (end excluded)."""
+    organization's time zone (end included); date-times are instants (end excluded). Without
+    ``end_date`` the period ends now; without ``start_date`` it is the 30 days before its end.
+    One report covers at most 400 days; a bulk request at most 2,000 days in all."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=camel)
 
@@ -413,6 +420,32 @@ class StatsFilter(In):
         if self.type == "user" and self.user_id is None:
             raise ValueError("type=user needs user_id")
         return self
+
+    def period(self, now: datetime) -> tuple[date | datetime, date | datetime]:
+        """The bounds the report runs with: the defaults applied."""
+        end = self.end_date if self.end_date is not None else now
+        if self.start_date is not None:
+            return self.start_date, end
+        if isinstance(end, datetime):
+            return end - timedelta(days=DEFAULT_REPORT_DAYS), end
+        return end - timedelta(days=DEFAULT_REPORT_DAYS - 1), end
+
+    def span_days(self, now: datetime) -> int:
+        """The days the report covers, as the limits count them: calendar days for dates (end
+        included), started days for instants."""
+        if self.type == "trends":
+            return self.days or DEFAULT_REPORT_DAYS
+        start, end = self.period(now)
+        if isinstance(start, datetime) or isinstance(end, datetime):
+            seconds = (_as_instant(end) - _as_instant(start)).total_seconds()
+            return math.ceil(seconds / 86400)
+        return (end - start).days + 1
+
+
+def _as_instant(value: date | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
 
 
 class UsageStatsQuery(StatsFilter):
@@ -713,17 +746,39 @@ def records(call: Call) -> Reply:
 )
 def usage_stats(call: Call) -> Reply:
     """Usage reports (seed 003): overview, user, organization, trends, model-performance."""
+    now = datetime.now(timezone.utc)
     if call.method == "POST":
         bulk: UsageStatsBulk = call.body
+        _check_periods(bulk.filters, now)
         _authorize_stats(call, bulk.organization_id, bulk.filters)
         return UsageStatsBulkResult(
             type="bulk",
             organization_id=bulk.organization_id,
-            results=[_report(call, bulk.organization_id, f) for f in bulk.filters],
+            results=[_report(call, bulk.organization_id, f, now) for f in bulk.filters],
         )
     q: UsageStatsQuery = call.query
+    _check_periods([q], now)
     _authorize_stats(call, q.organization_id, [q])
-    return _report(call, q.organization_id, q)
+    return _report(call, q.organization_id, q, now)
+
+
+def _check_periods(filters: list[StatsFilter], now: datetime) -> None:
+    """Bounded work: each report at most MAX_REPORT_DAYS, a bulk request MAX_BULK_REPORT_DAYS."""
+    spans = [f.span_days(now) for f in filters]
+    for i, span in enumerate(spans):
+        where = f"filters.{i}." if len(filters) > 1 else ""
+        if span > MAX_REPORT_DAYS:
+            raise ValidationError(
+                f"the report covers {span} days; one report covers at most {MAX_REPORT_DAYS}"
+                " days: narrow start_date/end_date",
+                field=f"{where}start_date",
+            )
+    if sum(spans) > MAX_BULK_REPORT_DAYS:
+        raise ValidationError(
+            f"the reports cover {sum(spans)} days in all; one bulk request covers at most"
+            f" {MAX_BULK_REPORT_DAYS} days: split it",
+            field="filters",
+        )
 
 
 def _authorize_stats(call: Call, organization_id: str, filters: list[StatsFilter]) -> None:
@@ -740,24 +795,25 @@ def _authorize_stats(call: Call, organization_id: str, filters: list[StatsFilter
         call.authorize(organization_id)
 
 
-def _report(call: Call, org: str, f: StatsFilter) -> UsageStatsResult:
+def _report(call: Call, org: str, f: StatsFilter, now: datetime) -> UsageStatsResult:
     db = call.backend
     data: Any
+    if f.type == "trends":
+        data = reports.trends(
+            db, org, days=f.days or DEFAULT_REPORT_DAYS, start=f.start_date, end=f.end_date,
+            user_id=f.user_id,
+        )  # fmt: skip
+        return UsageStatsResult(type=f.type, data=data)
+    start, end = f.period(now)
     if f.type == "user":
         assert f.user_id is not None
-        data = reports.user_report(db, org, f.user_id, start=f.start_date, end=f.end_date)
+        data = reports.user_report(db, org, f.user_id, start=start, end=end)
     elif f.type == "organization":
-        data = reports.organization_report(db, org, start=f.start_date, end=f.end_date)
-    elif f.type == "trends":
-        data = reports.trends(
-            db, org, days=f.days or 30, start=f.start_date, end=f.end_date, user_id=f.user_id
-        )
+        data = reports.organization_report(db, org, start=start, end=end)
     elif f.type == "model-performance":
-        data = reports.model_performance(
-            db, org, start=f.start_date, end=f.end_date, user_id=f.user_id
-        )
+        data = reports.model_performance(db, org, start=start, end=end, user_id=f.user_id)
     else:
-        data = reports.overview(db, org, start=f.start_date, end=f.end_date, user_id=f.user_id)
+        data = reports.overview(db, org, start=start, end=end, user_id=f.user_id)
     return UsageStatsResult(type=f.type, data=data)
 
 
