@@ -78,7 +78,9 @@ authenticated default for new r in public UPDATE
 authenticated private USAGE
 authenticated public USAGE
 authenticated private.assert_member/1 EXECUTE
+authenticated private.assert_model_cap/2 EXECUTE
 authenticated private.assert_report_args/3 EXECUTE
+authenticated private.assert_text_cap/3 EXECUTE
 authenticated private.assert_time_zone/1 EXECUTE
 authenticated private.assert_tokens/4 EXECUTE
 authenticated private.cost_parts/5 EXECUTE

@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.types.json
 import pytest
 from quotaflow.backends import translate_db_error
 from quotaflow.server.http import error_reply
@@ -362,3 +363,108 @@ def test_bulk_usage_stats_over_the_widest_ranges_keeps_the_servers_memory_bounde
     finally:
         server.terminate()
         server.wait(10)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. Input caps on every write path
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tags", [f"t{i}" for i in range(100_000)]),
+        ("tags", ["x" * 101]),
+        ("model", "<script>alert(1)</script>"),
+        ("model", "gpt-4o\u202e"),
+        ("user_id", "admin\u202egnp.exe"),
+        ("session_id", "line\nbreak"),
+        ("metadata", {"blob": "x" * 20_000}),
+        ("occurred_at", "2999-01-01T00:00:00Z"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 30 else type(v).__name__,
+)
+def test_track_refuses_what_exceeds_the_caps_naming_the_field(
+    api: Api, conn: Conn, field: str, value: Any
+) -> None:
+    r = api.post("track", event_body(api.world.org, **{field: value}), as_="key")
+    err = error_of(r)
+    assert r.status_code == 400 and err["field"].split(".")[0] == field, err
+    assert log_rows(conn, api.world.org) == []
+
+
+def record(conn: Conn, org: str, request_id: str, **kw: Any) -> Any:
+    args = {"organization_id": org, "request_id": request_id, "provider": "openai",
+            "model": "gpt-4o", "input_tokens": 10, "output_tokens": 5, **kw}  # fmt: skip
+    names = ", ".join(f"{k} => %({k})s" for k in args)
+    return conn.execute(f"select * from public.record_usage({names})", args).fetchone()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tags", [f"t{i}" for i in range(65)]),
+        ("model", "<script>"),  # a failed, empty call: stored without a price, so checked
+        ("user_id", "a\u2066b"),
+        ("metadata", psycopg.types.json.Jsonb({"blob": "x" * 17_000})),
+        ("occurred_at", datetime(2999, 1, 1, tzinfo=timezone.utc)),
+    ],
+    ids=["tags", "model", "user_id", "metadata", "occurred_at"],
+)
+def test_the_sql_functions_refuse_the_same_for_every_client(
+    conn: Conn, field: str, value: Any
+) -> None:
+    """record_usage called directly (as the service would, without Python's checks): 22023
+    naming the field, nothing written; the other tenant records as before."""
+    from tests.test_alerts import make_org
+
+    mine, other = make_org(conn), make_org(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        unpriced = {"success": False, "input_tokens": 0, "output_tokens": 0}
+        record(conn, mine, "bad", **(unpriced if field == "model" else {}), **{field: value})
+    assert translate_db_error(refused.value).field == field  # type: ignore[attr-defined]
+    assert conn.execute("select count(*) from public.api_usage_logs").fetchone() == (0,)
+    assert record(conn, other, "fine") is not None
+
+
+def test_reservations_and_quotas_obey_the_caps_too(conn: Conn) -> None:
+    from tests.test_alerts import make_org
+
+    org = make_org(conn)
+    admin = new_auth_user(conn)
+    conn.execute("insert into public.organization_members values (%s, %s, 'admin')",
+                 (org, admin))  # fmt: skip
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="user_id"):
+        conn.execute("select * from public.reserve_quota(%s, 'r1', 'openai', 'gpt-4o',"
+                     " estimated_cost => 0.01, user_id => %s)", (org, "\x1b[31mroot"))  # fmt: skip
+    with (
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="user_id"),
+        act_as(conn, "authenticated", sub=admin) as c,
+    ):
+        c.execute("insert into public.usage_quotas (organization_id, user_id, quota_limit)"
+                  " values (%s, %s, 10)", (org, "bob\u202e"))  # fmt: skip
+    assert conn.execute("select count(*) from public.usage_quotas").fetchone() == (0,)
+    assert conn.execute("select count(*) from public.quota_reservations").fetchone() == (0,)
+
+
+def test_the_tracker_refuses_capped_input_before_the_provider_is_paid(
+    db_url: str, conn: Conn, fake: Any
+) -> None:
+    from quotaflow import Tracker
+    from quotaflow.errors import ValidationError
+    from quotaflow.providers import ProviderClient
+
+    from tests.test_alerts import make_org
+
+    org = make_org(conn)
+    client = ProviderClient(api_keys={"openai": "k"}, base_urls={"openai": fake.url + "/v1"})
+    with (
+        Tracker(database_url=db_url, providers=client, outbox=False) as tracker,
+        pytest.raises(ValidationError),
+    ):
+        tracker.execute_with_tracking(
+                {"provider": "openai", "model": "gpt-4o-mini",
+                 "messages": [{"role": "user", "content": "hi"}]},
+                {"organization_id": org, "tags": [str(i) for i in range(65)]},
+            )  # fmt: skip
+    assert fake.request_count() == 0

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .limits import Identifier, Metadata, ModelName, OccurredAt, Tags
+
 Provider = Literal["openai", "anthropic", "google", "xai"]
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "google", "xai")
 
@@ -62,7 +64,7 @@ class AIModelRequest(_Model):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     provider: Provider
-    model: str = Field(min_length=1, max_length=200)
+    model: ModelName
     messages: list[Message] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=2_000_000)
@@ -95,15 +97,17 @@ class ExecutionContext(_Model):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=camel)
 
     organization_id: str = Field(min_length=1)
-    user_id: str | None = Field(default=None, max_length=200)
+    user_id: Identifier | None = None
     """The app's own identifier of the end user (not necessarily a Supabase user)."""
-    session_id: str | None = Field(default=None, max_length=200)
-    workflow_id: str | None = Field(default=None, max_length=200)
-    conversation_id: str | None = Field(default=None, max_length=200)
-    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    session_id: Identifier | None = None
+    workflow_id: Identifier | None = None
+    conversation_id: Identifier | None = None
+    request_id: Identifier | None = None
     """Client-made idempotency key; the same id twice is one event. Generated when absent."""
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=list)
+    """At most 64, each 1 to 100 characters (quotaflow.limits)."""
+    metadata: Metadata = Field(default_factory=dict)
+    """A JSON object of at most 16 KiB."""
 
 
 class Usage(_Model):
@@ -227,23 +231,24 @@ class UsageEvent(_Model):
     ``track`` function's payload, so a replay is byte-for-byte the original event."""
 
     organization_id: str = Field(min_length=1)
-    request_id: str = Field(min_length=1, max_length=200)
+    request_id: Identifier
     provider: str = Field(min_length=1, max_length=50)
-    model: str = Field(min_length=1, max_length=200)
+    model: ModelName
     usage: Usage = Field(default_factory=Usage)
     success: bool = True
-    user_id: str | None = Field(default=None, max_length=200)
-    session_id: str | None = Field(default=None, max_length=200)
-    workflow_id: str | None = Field(default=None, max_length=200)
-    conversation_id: str | None = Field(default=None, max_length=200)
+    user_id: Identifier | None = None
+    session_id: Identifier | None = None
+    workflow_id: Identifier | None = None
+    conversation_id: Identifier | None = None
     latency_ms: int | None = Field(default=None, ge=0)
     finish_reason: str | None = None
     error_code: str | None = None
     error_message: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    occurred_at: datetime | None = None
-    """When the call was made; prices are those in force then. Defaults to the settle time."""
+    tags: Tags = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
+    occurred_at: OccurredAt = None
+    """When the call was made (at most 5 minutes ahead of the clock); prices are those in
+    force then. Defaults to the settle time."""
 
 
 class Reservation(_Model):

@@ -89,6 +89,7 @@ from quotaflow.errors import (
     QuotaflowError,
     ValidationError,
 )
+from quotaflow.limits import Identifier, Metadata, ModelName, Tags
 from quotaflow.models import (
     AIModelRequest,
     AIModelResponse,
@@ -162,10 +163,9 @@ OrgId = Annotated[
         description="The organization (UUID).",
     ),
 ]
-RequestId = Annotated[str, Field(min_length=1, max_length=200)]
+RequestId = Identifier
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def _version() -> str:
@@ -197,7 +197,7 @@ class EstimateBody(In):
     the output to price (for an upper bound, the call's ``max_tokens``)."""
 
     provider: Annotated[str, Field(min_length=1, max_length=50)]
-    model: Label
+    model: ModelName
     messages: list[Message] | None = Field(default=None, min_length=1)
     input_tokens: Tokens | None = None
     """Prompt tokens; when absent they are counted from ``messages``."""
@@ -257,23 +257,12 @@ class TrackUsage(Usage):
     reasoning_tokens: Tokens = 0
 
 
-def _plausible_time(value: datetime | None) -> datetime | None:
-    if value is not None and not 2000 <= value.year <= 2999:
-        raise ValueError("occurred_at must be between the years 2000 and 2999")
-    return value
-
-
 class TrackEvent(UsageEvent):
     """One settle event with normalised usage (the outbox's payload)."""
 
     organization_id: OrgId
     usage: TrackUsage = Field(default_factory=TrackUsage)
     latency_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _plausible_occurred_at(cls, v: datetime | None) -> datetime | None:
-        return _plausible_time(v)
 
 
 class TrackRaw(In):
@@ -283,16 +272,16 @@ class TrackRaw(In):
     request_id: RequestId | None = None
     """Idempotency key; generated when absent (then a retry records the call again)."""
     provider: Provider
-    model: Label
+    model: ModelName
     response: dict[str, Any] | list[Any]
     """The provider's JSON response, or the list of its stream events."""
-    user_id: Label | None = None
-    session_id: Label | None = None
-    workflow_id: Label | None = None
-    conversation_id: Label | None = None
+    user_id: Identifier | None = None
+    session_id: Identifier | None = None
+    workflow_id: Identifier | None = None
+    conversation_id: Identifier | None = None
     latency_ms: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
 
     @field_validator("provider", mode="before")
     @classmethod
@@ -329,12 +318,12 @@ class ReserveBody(In):
     organization_id: OrgId
     request_id: RequestId
     provider: Annotated[str, Field(min_length=1, max_length=50)]
-    model: Label
+    model: ModelName
     estimated_cost: Money | None = None
     """USD to hold; when absent, input_tokens + max_output_tokens priced from cost_estimates."""
     input_tokens: Tokens = 0
     max_output_tokens: Tokens = 0
-    user_id: Label | None = None
+    user_id: Identifier | None = None
     ttl_seconds: int = Field(default=300, ge=1, le=86400)
 
 
@@ -351,9 +340,9 @@ class ReleaseResult(Out):
 class CheckQuotaBody(In):
     organization_id: OrgId
     provider: Annotated[str, Field(min_length=1, max_length=50)]
-    model: Label
+    model: ModelName
     estimated_cost: Money = Decimal(0)
-    user_id: Label | None = None
+    user_id: Identifier | None = None
 
 
 class QuotaCheckList(Out):
@@ -405,7 +394,7 @@ class StatsFilter(In):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=camel)
 
     type: StatsType = "overview"
-    user_id: Label | None = None
+    user_id: Identifier | None = None
     start_date: DayOrInstant | None = None
     end_date: DayOrInstant | None = None
     days: int | None = Field(default=None, ge=1, le=MAX_TREND_DAYS)
