@@ -25,6 +25,8 @@ mypy || failed+=(mypy)
 
 # The packaged copies of the SQL (client/quotaflow/_sql) must equal their sources.
 python tools/sync_sql.py --check || failed+=("sync_sql (run: python tools/sync_sql.py)")
+# The blocking modules (client/quotaflow/_sync) must be what their async sources generate.
+python tools/async_to_sync.py --check || failed+=("async_to_sync (run: python tools/async_to_sync.py)")
 
 pytest "$@"
 rc=$?

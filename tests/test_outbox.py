@@ -156,14 +156,14 @@ def test_status_reports_counts_age_and_last_error(tmp_path: Path, down: Postgres
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
-    first = [outbox_mod._backoff(1) for _ in range(200)]
-    assert min(first) >= outbox_mod.REPLAY_INITIAL_DELAY
-    assert max(first) <= outbox_mod.REPLAY_INITIAL_DELAY * (1 + outbox_mod.REPLAY_JITTER)
+    policy = outbox_mod.REPLAY_POLICY
+    first = [policy.backoff(1) for _ in range(200)]
+    assert min(first) >= policy.initial_delay * (1 - policy.jitter)
+    assert max(first) <= policy.initial_delay * (1 + policy.jitter)
     assert len(set(first)) > 1, "no jitter"
-    assert outbox_mod._backoff(3) >= outbox_mod.REPLAY_INITIAL_DELAY * 4
-    late = outbox_mod._backoff(100)
-    assert late >= outbox_mod.REPLAY_MAX_DELAY
-    assert late <= outbox_mod.REPLAY_MAX_DELAY * (1 + outbox_mod.REPLAY_JITTER)
+    assert policy.backoff(3) >= policy.initial_delay * 4 * (1 - policy.jitter)
+    late = policy.backoff(100)
+    assert policy.max_delay * (1 - policy.jitter) <= late <= policy.max_delay * (1 + policy.jitter)
 
 
 # ---------------------------------------------------------------------------------------

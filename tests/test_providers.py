@@ -460,7 +460,8 @@ def test_retry_policy_backoff_jitter_and_deadline() -> None:
     p = RetryPolicy(
         initial_delay=1, multiplier=2, max_delay=5, jitter=0.2, max_attempts=5, deadline=20
     )
-    assert [p.backoff(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
+    assert [p.backoff(n, rand=0.5) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
+    assert 0.8 <= p.backoff(1) <= 1.2  # jittered at random by default
     assert p.backoff(1, rand=0.0) == pytest.approx(0.8)
     assert p.backoff(1, rand=0.9999) == pytest.approx(1.2, abs=1e-3)
     assert p.next_delay(1, elapsed=0, retry_after=None) == 1

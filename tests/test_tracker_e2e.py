@@ -334,6 +334,68 @@ def test_async_tracker_shares_the_flow(
     assert [r[6] for r in _log_rows(conn)] == [Decimal("0.0060525")] * 2
 
 
+# Registration, not I/O: the same plain methods on both trackers.
+_PLAIN_ON_BOTH = {"on_usage", "on_alert", "stop_alerts"}
+_RENAMED = {"close": "aclose", "__enter__": "__aenter__", "__exit__": "__aexit__"}
+
+
+def test_async_tracker_has_every_tracker_method_awaited() -> None:
+    """Generated from one source, AsyncTracker has each public Tracker method with the same
+    parameters, as a coroutine function (registration methods stay plain on both)."""
+    import inspect
+
+    names = [n for n in dir(Tracker) if not n.startswith("_") or n in _RENAMED]
+    names = [n for n in names if callable(getattr(Tracker, n))]
+    assert {"estimate_cost", "get_records", "export", "get_aggregated", "flush"} <= set(names)
+    for name in names:
+        sync_fn = getattr(Tracker, name)
+        async_fn = getattr(AsyncTracker, _RENAMED.get(name, name))
+        assert list(inspect.signature(sync_fn).parameters) == list(
+            inspect.signature(async_fn).parameters
+        ), name
+        assert not inspect.iscoroutinefunction(sync_fn), name
+        if name not in _PLAIN_ON_BOTH:
+            assert inspect.iscoroutinefunction(async_fn), name
+
+
+def test_both_trackers_close_the_provider_client_they_created(
+    db_url: str,
+    fake: FakeProviderServer,
+    tmp_path: Path,
+    org: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`with Tracker()` / `async with AsyncTracker()` configured from the environment: a call,
+    the awaited analytics and estimate, then leaving the block closes the provider client."""
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{fake.url}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEYS["openai"])
+    req = {"provider": "openai", "model": "gpt-4o-mini", "messages": _messages()}
+    ctx = {"organization_id": ORG}
+
+    with Tracker(database_url=db_url, outbox=tmp_path / "s.db") as tracker:
+        assert tracker.execute_with_tracking(req, ctx).cost == Decimal("0.0003")
+        created = tracker._providers
+        assert created is not None and created._http is not None
+    assert created._http is None and tracker._providers is None
+
+    async def main() -> None:
+        async with AsyncTracker(database_url=db_url, outbox=tmp_path / "a.db") as tracker:
+            assert (await tracker.execute_with_tracking(req, ctx)).cost == Decimal("0.0003")
+            records = await tracker.get_records({"organization_id": ORG})
+            assert [r.cost for r in records] == [Decimal("0.0003")] * 2
+            assert await tracker.count_records({"organization_id": ORG}) == 2
+            csv_text = await tracker.export("csv", {"organization_id": ORG})
+            assert csv_text.count("gpt-4o-mini") == 2
+            estimate = await tracker.estimate_cost("openai", "gpt-4o-mini", _messages(), 1000)
+            assert estimate > Decimal("0.0006")  # 1000 output tokens at $0.60/M, plus input
+            assert await tracker.flush(1.0)
+            created = tracker._providers
+            assert created is not None and created._http is not None
+        assert created._http is None and tracker._providers is None
+
+    asyncio.run(main())
+
+
 def test_wrap_with_tracking_prices_the_apps_own_call(
     tracker: Tracker, conn: psycopg.Connection[Any]
 ) -> None:
@@ -371,6 +433,9 @@ def test_concurrent_calls_never_overspend(
         "messages": _messages(),
         "max_tokens": 5000,
     }
+    # The provider answers slowly, so every reservation is decided before any call settles
+    # (a settle frees the unused part of its hold, which could admit a fourth call).
+    fake.latency = 1.0
     barrier = threading.Barrier(16)
     outcomes: list[str] = []
 

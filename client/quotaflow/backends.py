@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from ._retry import RetryPolicy
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -50,10 +50,7 @@ T = TypeVar("T")
 
 # Retries of a backend call that failed because the connection broke. Every write is
 # idempotent by request_id, so repeating one is safe.
-BACKEND_ATTEMPTS = 3
-BACKEND_INITIAL_DELAY = 0.05
-BACKEND_MULTIPLIER = 4.0
-BACKEND_JITTER = 0.5
+BACKEND_RETRY = RetryPolicy(initial_delay=0.05, multiplier=4.0, jitter=0.5, max_attempts=3)
 
 
 class Backend(Protocol):
@@ -108,15 +105,13 @@ class Backend(Protocol):
 
 
 def _retrying(fn: Callable[[], T], transient: Callable[[Exception], bool]) -> T:
-    delay = BACKEND_INITIAL_DELAY
-    for attempt in range(1, BACKEND_ATTEMPTS + 1):
+    for attempt in range(1, BACKEND_RETRY.max_attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if attempt == BACKEND_ATTEMPTS or not transient(exc):
+            if attempt == BACKEND_RETRY.max_attempts or not transient(exc):
                 raise
-            time.sleep(delay * (1 + random.uniform(0, BACKEND_JITTER)))
-            delay *= BACKEND_MULTIPLIER
+            time.sleep(BACKEND_RETRY.backoff(attempt))
     raise AssertionError("unreachable")
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._retry import RetryPolicy
 from .errors import BackendUnavailableError, ConfigurationError, QuotaflowError, TrackingError
 from .models import UsageEvent
 
@@ -32,12 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("quotaflow.outbox")
 
-REPLAY_INITIAL_DELAY = 0.5
-"""Seconds before the first replay of an event after a failed delivery."""
-REPLAY_MULTIPLIER = 2.0
-REPLAY_MAX_DELAY = 60.0
-REPLAY_JITTER = 0.25
-"""Fraction of random extra delay, so many clients do not replay in lockstep."""
+REPLAY_POLICY = RetryPolicy(
+    initial_delay=0.5, multiplier=2.0, max_delay=60.0, jitter=0.25, max_attempts=sys.maxsize
+)
+"""Waits between replays of an event that failed to deliver; events are never given up."""
 REPLAY_BATCH = 200
 POLL_INTERVAL = 0.5
 """How often the background replayer looks for due events when idle."""
@@ -67,11 +66,6 @@ def default_outbox_path(backend_identity: str | None = None) -> Path:
         return Path.home() / ".quotaflow" / "outbox.sqlite3"
     digest = hashlib.sha256(backend_identity.encode()).hexdigest()[:12]
     return Path.home() / ".quotaflow" / f"outbox-{digest}.sqlite3"
-
-
-def _backoff(attempts: int) -> float:
-    delay = min(REPLAY_INITIAL_DELAY * REPLAY_MULTIPLIER ** max(attempts - 1, 0), REPLAY_MAX_DELAY)
-    return delay * (1 + random.uniform(0, REPLAY_JITTER))
 
 
 class Outbox:
@@ -126,7 +120,7 @@ class Outbox:
                     event.organization_id,
                     event.request_id,
                     event.model_dump_json(),
-                    now + _backoff(1),
+                    now + REPLAY_POLICY.backoff(1),
                     error,
                     now,
                 ),
@@ -209,7 +203,7 @@ class Outbox:
                         db.execute(
                             "update events set attempts = attempts + 1, next_attempt_at = ?,"
                             " last_error = ? where organization_id = ? and request_id = ?",
-                            (time.time() + _backoff(row[3] + 1), str(result), *key),
+                            (time.time() + REPLAY_POLICY.backoff(row[3] + 1), str(result), *key),
                         )
                     elif isinstance(result, QuotaflowError):
                         # A permanent refusal (unknown model, conflicting replay, invalid
@@ -239,26 +233,26 @@ class Outbox:
                 db.execute(
                     "update events set attempts = attempts + 1, next_attempt_at = ?,"
                     " last_error = ? where organization_id = ? and request_id = ?",
-                    (time.time() + _backoff(attempts + 1), error, org, rid),
+                    (time.time() + REPLAY_POLICY.backoff(attempts + 1), error, org, rid),
                 )
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Delivers everything pending now, retrying with backoff until ``timeout`` seconds
         have passed; True when nothing is left pending."""
         deadline = time.monotonic() + timeout
-        delay = REPLAY_INITIAL_DELAY / 4
+        retry = 0
         while self.pending():
             try:
                 if self.drain_once(only_due=False):
-                    delay = REPLAY_INITIAL_DELAY / 4
+                    retry = 0
                     continue
             except (BackendUnavailableError, TrackingError) as exc:
                 log.info("outbox flush: backend still unavailable (%s)", exc)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            time.sleep(min(delay, remaining))
-            delay = min(delay * REPLAY_MULTIPLIER, REPLAY_MAX_DELAY)
+            retry += 1
+            time.sleep(min(REPLAY_POLICY.backoff(retry) / 4, remaining))
         return True
 
     # ---- background replayer -------------------------------------------------------

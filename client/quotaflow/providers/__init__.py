@@ -71,12 +71,24 @@ Pure parts (no I/O), for tests and for other shells: :func:`get_adapter` returns
 ``parse_response(body)`` → :class:`ProviderResult` and ``parse_stream_event(event)`` →
 :class:`StreamUpdate`; :class:`SSEDecoder` / :func:`iter_sse` decode ``text/event-stream``
 lines; :class:`StreamState` folds a stream; :class:`RetryPolicy` / :func:`parse_retry_after`
-decide waits. The I/O shells are :func:`call` / :func:`acall` / :func:`stream` /
-:func:`astream`, taking an ``httpx.Client`` / ``httpx.AsyncClient``.
+decide waits. The I/O shells are :func:`call` / :func:`acall` / :func:`stream` / :func:`astream`,
+taking an ``httpx.Client`` / ``httpx.AsyncClient`` (streams are sent when opened or first
+iterated); the blocking ones are generated from the async ones (``tools/async_to_sync.py``).
 """
 
 from __future__ import annotations
 
+from quotaflow._async.providers import AsyncProviderClient, AsyncProviderStream, acall, astream
+from quotaflow._retry import (
+    DEADLINE,
+    INITIAL_DELAY,
+    JITTER,
+    MAX_ATTEMPTS,
+    MAX_DELAY,
+    MULTIPLIER,
+    RetryPolicy,
+)
+from quotaflow._sync.providers import ProviderClient, ProviderStream, call, stream
 from quotaflow.providers._adapters import (
     ADAPTERS,
     ANTHROPIC_DEFAULT_MAX_TOKENS,
@@ -90,30 +102,11 @@ from quotaflow.providers._adapters import (
     XAIResponsesAdapter,
     get_adapter,
 )
-from quotaflow.providers._client import (
-    DEFAULT_TIMEOUT,
-    AsyncProviderClient,
-    AsyncProviderStream,
-    ProviderClient,
-    ProviderStream,
-    acall,
-    astream,
-    call,
-    resolve_api_key,
-    resolve_base_url,
-    stream,
-)
+from quotaflow.providers._client import DEFAULT_TIMEOUT, resolve_api_key, resolve_base_url
 from quotaflow.providers._core import (
-    DEADLINE,
-    INITIAL_DELAY,
-    JITTER,
-    MAX_ATTEMPTS,
-    MAX_DELAY,
-    MULTIPLIER,
     NO_RETRY,
     PreparedRequest,
     ProviderResult,
-    RetryPolicy,
     RetryState,
     SSEDecoder,
     SSEEvent,

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from quotaflow._retry import (
+    RetryPolicy,
+)
 from quotaflow.errors import ProviderError
 from quotaflow.models import Usage
 from quotaflow.usage import UsageAccumulator
@@ -22,67 +25,12 @@ from quotaflow.usage import UsageAccumulator
 if TYPE_CHECKING:
     from quotaflow.providers._adapters import Adapter
 
-# --------------------------------------------------------------------------------------------
-# Retry constants (see RetryPolicy)
-# --------------------------------------------------------------------------------------------
-
-INITIAL_DELAY = 0.5
-"""Seconds before the first retry when the provider sent no ``Retry-After``."""
-MULTIPLIER = 2.0
-"""Each further retry waits this many times longer."""
-MAX_DELAY = 8.0
-"""No backoff step waits longer than this (a ``Retry-After`` may, within the deadline)."""
-JITTER = 0.2
-"""Backoff steps vary by ±20 % so that clients rejected together do not return together."""
-MAX_ATTEMPTS = 4
-"""Attempts in total, the first one included."""
-DEADLINE = 60.0
-"""Seconds from the first attempt after which no retry starts."""
-
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx (Anthropic's 529 "overloaded" included)."""
 
 
 def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When and how long to wait before retrying a 408/409/429/5xx answer or a connect error.
-
-    Backoff: ``initial_delay * multiplier ** (retry - 1)``, capped at ``max_delay``, ±``jitter``.
-    A ``Retry-After`` (or ``retry-after-ms``) header replaces the backoff step. No retry
-    starts after ``max_attempts`` attempts, or when its wait would end past ``deadline``
-    seconds from the first attempt: the call then fails at once with ``retry_after`` set on
-    the error, rather than sleeping into a budget it cannot use.
-    """
-
-    initial_delay: float = INITIAL_DELAY
-    multiplier: float = MULTIPLIER
-    max_delay: float = MAX_DELAY
-    jitter: float = JITTER
-    max_attempts: int = MAX_ATTEMPTS
-    deadline: float = DEADLINE
-
-    def backoff(self, retry: int, rand: float = 0.5) -> float:
-        """The wait before retry number ``retry`` (1-based); ``rand`` in [0, 1) picks jitter."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, retry - 1))
-        return max(0.0, base * (1 + self.jitter * (2 * rand - 1)))
-
-    def next_delay(
-        self, attempts: int, elapsed: float, retry_after: float | None, rand: float = 0.5
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up.
-
-        ``attempts`` made so far, ``elapsed`` seconds since the first began.
-        """
-        if attempts >= self.max_attempts:
-            return None
-        delay = retry_after if retry_after is not None else self.backoff(attempts, rand)
-        if elapsed + delay > self.deadline:
-            return None
-        return delay
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)

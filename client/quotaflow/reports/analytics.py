@@ -17,11 +17,12 @@ Seed 002's ``UsageTracker`` queries, on ``api_usage_logs``::
 * :class:`AlertListener` — LISTENs on ``quotaflow_alerts`` (see the alerts migration) on its own
   connection in a background thread and calls registered callbacks with a :class:`QuotaAlert`.
 
-:class:`AnalyticsMixin` puts them on the trackers (``tracker.get_records(filters)``,
-``tracker.on_alert(callback)``). They need the Postgres backend; the HTTP backend raises
-:class:`~quotaflow.errors.ConfigurationError`. Filters are applied in SQL; ``start`` is
-inclusive and ``end`` exclusive (instants; naive datetimes are UTC). Money is ``Decimal``; in
-JSON and CSV exports it is written as an exact decimal string.
+:class:`~quotaflow.Tracker` and :class:`~quotaflow.AsyncTracker` (awaited) carry them as
+methods (``tracker.get_records(filters)``, ``tracker.on_alert(callback)``). They need the
+Postgres backend; the HTTP backend raises :class:`~quotaflow.errors.ConfigurationError`.
+Filters are applied in SQL; ``start`` is inclusive and ``end`` exclusive (instants; naive
+datetimes are UTC). Money is ``Decimal``; in JSON and CSV exports it is written as an exact
+decimal string.
 
 The SQL reports (``usage_summary``, ``usage_by_day``, ``model_performance``, ... in the reports
 migration) cover the dashboard-style views, with costs in the display currency too.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
 import json
 import logging
 import threading
@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, Literal, get_args, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -58,7 +58,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "AggregatedUsage",
     "AlertListener",
-    "AnalyticsMixin",
+    "AlertsMixin",
     "ExportFormat",
     "GroupBy",
     "QuotaAlert",
@@ -126,7 +126,6 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "price_id",
     "recorded_at",
 )
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -559,7 +558,6 @@ class QuotaAlert(BaseModel):
         return (100 * self.usage / self.quota_limit).quantize(Decimal("0.01"))
 
 
-
 _ALERTS_SQL = """
 select a.id as alert_id, a.quota_id::text, a.organization_id::text, q.name as quota_name,
        a.quota_type, a.metric, q.enforcement, q.user_id, q.provider, q.model, a.threshold,
@@ -809,73 +807,12 @@ def _database_url(backend: Any) -> str:
     return url
 
 
-class AnalyticsMixin:
-    """Analytics on a tracker (its ``backend`` must be a :class:`PostgresBackend`).
-
-    The methods block; on an :class:`~quotaflow.AsyncTracker` run them with
-    ``await asyncio.to_thread(tracker.get_records, filters)``.
-    """
+class AlertsMixin:
+    """Quota-alert callbacks on a tracker (its ``backend`` must be a :class:`PostgresBackend`);
+    the trackers' data methods (``get_records``, ``export``, ...) wrap the functions above."""
 
     backend: Backend
     _alert_listener: AlertListener | None = None
-
-    def get_records(
-        self, filters: UsageFilters | dict[str, Any], limit: int = 100, offset: int = 0
-    ) -> list[UsageRecord]:
-        """:func:`get_records` on this tracker's backend."""
-        return get_records(self.backend, filters, limit, offset)
-
-    def count_records(self, filters: UsageFilters | dict[str, Any]) -> int:
-        """:func:`count_records` on this tracker's backend."""
-        return count_records(self.backend, filters)
-
-    def get_aggregated(
-        self, filters: UsageFilters | dict[str, Any], group_by: GroupBy | None = None
-    ) -> AggregatedUsage:
-        """:func:`get_aggregated` on this tracker's backend."""
-        return get_aggregated(self.backend, filters, group_by)
-
-    @overload
-    def export(
-        self,
-        format: ExportFormat,
-        filters: UsageFilters | dict[str, Any],
-        out: None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> str: ...
-
-    @overload
-    def export(
-        self,
-        format: ExportFormat,
-        filters: UsageFilters | dict[str, Any],
-        out: IO[str],
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> int: ...
-
-    def export(
-        self,
-        format: ExportFormat,
-        filters: UsageFilters | dict[str, Any],
-        out: IO[str] | None = None,
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> str | int:
-        """:func:`export` to ``out`` (returns the row count), or, without ``out``, the whole
-        export as a string (seed 002's ``tracker.export('csv')``; small sets only)."""
-        if out is None:
-            buffer = io.StringIO()
-            export(self.backend, filters, format, buffer, progress=progress)
-            return buffer.getvalue()
-        return export(self.backend, filters, format, out, progress=progress)
-
-    def get_alerts(
-        self, organization_id: str, *, since: datetime | None = None, limit: int = 100
-    ) -> list[QuotaAlert]:
-        """:func:`get_alerts` on this tracker's backend."""
-        return get_alerts(self.backend, organization_id, since=since, limit=limit)
 
     def on_alert(
         self, callback: AlertCallback, *, organization_id: str | None = None

@@ -1,0 +1,590 @@
+"""The flow of every tracked call: estimate -> reserve -> call -> settle, without I/O.
+
+Each flow is a generator that *yields steps* (reserve, call the provider, settle, ...) and
+receives their results. The trackers' drivers run the steps: ``quotaflow._async.tracker``
+awaits them and ``quotaflow._sync.tracker``, generated from it, blocks. What both trackers
+share (configuration, the outbox, turning results into records) is :class:`TrackerBase`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ProviderError,
+    QuotaflowError,
+    TrackingError,
+    ValidationError,
+)
+from .models import (
+    AIModelRequest,
+    AIModelResponse,
+    ExecutionContext,
+    RecordResult,
+    Reservation,
+    Usage,
+    UsageEvent,
+    UsageRecord,
+)
+from .outbox import Outbox, default_outbox_path
+from .reports.analytics import AlertsMixin
+from .tokens import count_message_tokens
+from .usage import extract_usage
+
+log = logging.getLogger("quotaflow")
+
+T = TypeVar("T")
+
+DEFAULT_MAX_TOKENS = 1024
+"""Output cap sent to the provider when a request names none, so the reservation is a bound."""
+DEFAULT_RESERVATION_TTL = 300
+
+UsageCallback = Callable[[UsageRecord], Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Steps: what the flows ask their driver to do
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    request: AIModelRequest
+    context: ExecutionContext
+    request_id: str
+    prompt_tokens: int
+    started: float = field(default_factory=time.perf_counter)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+
+@dataclass
+class _Reserve:
+    call: _Call
+
+
+@dataclass
+class _Release:
+    call: _Call
+
+
+@dataclass
+class _GetRecord:
+    call: _Call
+
+
+@dataclass
+class _Provider:
+    call: _Call
+    stream: bool = False
+
+
+@dataclass
+class _UserCall:
+    fn: Callable[[], Any]
+
+
+@dataclass
+class _Settle:
+    event: UsageEvent
+
+
+_Step = _Reserve | _Release | _GetRecord | _Provider | _UserCall | _Settle
+Flow = Generator[_Step, Any, T]
+
+
+def _as_request(request: AIModelRequest | dict[str, Any]) -> AIModelRequest:
+    try:
+        return AIModelRequest.model_validate(request)
+    except Exception as exc:
+        raise ValidationError(f"invalid request: {exc}", field="request") from exc
+
+
+def _as_context(context: ExecutionContext | dict[str, Any]) -> ExecutionContext:
+    try:
+        return ExecutionContext.model_validate(context)
+    except Exception as exc:
+        raise ValidationError(f"invalid context: {exc}", field="context") from exc
+
+
+def _prepare(
+    request: AIModelRequest | dict[str, Any], context: ExecutionContext | dict[str, Any]
+) -> _Call:
+    req = _as_request(request)
+    ctx = _as_context(context)
+    if req.max_tokens is None:
+        req = req.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
+    messages = [m.model_dump() for m in req.messages]
+    return _Call(
+        request=req,
+        context=ctx,
+        request_id=ctx.request_id or str(uuid.uuid4()),
+        prompt_tokens=count_message_tokens(req.provider, req.model, messages),
+    )
+
+
+def _event(
+    call: _Call,
+    *,
+    usage: Usage,
+    success: bool,
+    finish_reason: str | None = None,
+    error: BaseException | None = None,
+) -> UsageEvent:
+    ctx = call.context
+    return UsageEvent(
+        organization_id=ctx.organization_id,
+        request_id=call.request_id,
+        provider=call.request.provider,
+        model=call.request.model,
+        usage=usage,
+        success=success,
+        user_id=ctx.user_id,
+        session_id=ctx.session_id,
+        workflow_id=ctx.workflow_id,
+        conversation_id=ctx.conversation_id,
+        latency_ms=call.elapsed_ms(),
+        finish_reason=finish_reason,
+        error_code=None if error is None else _error_code(error),
+        error_message=None if error is None else str(error)[:2000],
+        tags=ctx.tags,
+        metadata=ctx.metadata,
+        occurred_at=call.occurred_at,
+    )
+
+
+def _error_code(error: BaseException) -> str:
+    if isinstance(error, ProviderError) and error.status is not None:
+        return f"http_{error.status}"
+    return getattr(error, "code", None) or type(error).__name__
+
+
+def _response(
+    call: _Call, content: str, usage: Usage, finish_reason: str | None, record: UsageRecord
+) -> AIModelResponse:
+    return AIModelResponse(
+        content=content,
+        usage=usage,
+        cost=record.cost,
+        credits=record.credits,
+        model=call.request.model,
+        provider=call.request.provider,
+        request_id=call.request_id,
+        log_id=record.log_id,
+        latency_ms=call.elapsed_ms(),
+        finish_reason=finish_reason,
+        duplicate=record.duplicate,
+        deferred=record.deferred,
+    )
+
+
+def _replayed(call: _Call, record: UsageRecord | None) -> AIModelResponse:
+    if record is None:
+        raise QuotaflowError(f"request {call.request_id} is recorded but its record is unreadable")
+    return AIModelResponse(
+        content="",
+        usage=record.usage,
+        cost=record.cost,
+        credits=record.credits,
+        model=record.model,
+        provider=record.provider,
+        request_id=call.request_id,
+        log_id=record.log_id,
+        latency_ms=record.latency_ms or 0,
+        finish_reason=record.finish_reason,
+        duplicate=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The flows, written once
+# ---------------------------------------------------------------------------------------
+
+
+def _execute_flow(call: _Call) -> Flow[AIModelResponse]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        # The same request_id was settled before: charge nothing, call nothing.
+        return _replayed(call, (yield _GetRecord(call)))
+    try:
+        result = yield _Provider(call)
+    except ProviderError as exc:
+        yield _Settle(_event(call, usage=Usage(), success=False, error=exc))
+        raise
+    except BaseException:
+        yield _Release(call)
+        raise
+    record: UsageRecord = yield _Settle(
+        _event(call, usage=result.usage, success=True, finish_reason=result.finish_reason)
+    )
+    return _response(call, result.content, result.usage, result.finish_reason, record)
+
+
+def _open_stream_flow(call: _Call) -> Flow[Any]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        return _replayed(call, (yield _GetRecord(call)))
+    try:
+        return (yield _Provider(call, stream=True))
+    except ProviderError as exc:
+        yield _Settle(_event(call, usage=Usage(), success=False, error=exc))
+        raise
+    except BaseException:
+        yield _Release(call)
+        raise
+
+
+def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecord]]:
+    reservation: Reservation = yield _Reserve(call)
+    if reservation.status == "recorded":
+        raise ValidationError(
+            f"request_id {call.request_id} was already recorded; use a new id for a new call",
+            field="request_id",
+        )
+    try:
+        raw = yield _UserCall(fn)
+    except BaseException as exc:
+        status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+        err = ProviderError(
+            str(exc),
+            provider=call.request.provider,
+            status=status if isinstance(status, int) else None,
+        )
+        yield _Settle(_event(call, usage=Usage(), success=False, error=err))
+        raise
+    usage = extract_usage(call.request.provider, raw)
+    record: UsageRecord = yield _Settle(
+        _event(call, usage=usage, success=True, finish_reason=_finish_reason(raw))
+    )
+    return raw, record
+
+
+def _finish_reason(raw: Any) -> str | None:
+    paths: tuple[tuple[Any, ...], ...] = (
+        ("choices", 0, "finish_reason"),
+        ("stop_reason",),
+        ("candidates", 0, "finish_reason"),
+        ("candidates", 0, "finishReason"),
+        ("status",),
+    )
+    for path in paths:
+        v: Any = raw
+        for key in path:
+            try:
+                v = v[key] if isinstance(v, (dict, list)) else getattr(v, str(key))
+            except (KeyError, IndexError, AttributeError, TypeError):
+                v = None
+                break
+        if v is not None:
+            return str(getattr(v, "value", v))
+    return None
+
+
+_EMPTY_PROMPT = [{"role": "user", "content": ""}]
+
+
+def _wrap_call(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    messages: Sequence[Any],
+    max_tokens: int | None,
+) -> _Call:
+    request = {
+        "provider": provider,
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": list(messages) or _EMPTY_PROMPT,
+    }
+    return _prepare(request, context)
+
+
+def _track_event(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    api_response: Any,
+    latency_ms: int | None,
+) -> UsageEvent:
+    call = _prepare({"provider": provider, "model": model, "messages": _EMPTY_PROMPT}, context)
+    event = _event(
+        call,
+        usage=extract_usage(call.request.provider, api_response),
+        success=True,
+        finish_reason=_finish_reason(api_response),
+    )
+    if latency_ms is not None:
+        event.latency_ms = latency_ms
+    return event
+
+
+def _failure_event(
+    context: ExecutionContext | dict[str, Any],
+    provider: str,
+    model: str,
+    error: BaseException | str,
+    usage: Usage | None,
+    latency_ms: int | None,
+) -> UsageEvent:
+    call = _prepare({"provider": provider, "model": model, "messages": _EMPTY_PROMPT}, context)
+    exc = error if isinstance(error, BaseException) else QuotaflowError(error)
+    event = _event(call, usage=usage or Usage(), success=False, error=exc)
+    if latency_ms is not None:
+        event.latency_ms = latency_ms
+    return event
+
+
+def _stream_event(call: _Call, stream: Any, error: BaseException | None) -> UsageEvent:
+    """The settle event of a finished, abandoned (success, usage estimated) or broken
+    (failure with the usage received so far) stream."""
+    usage: Usage = stream.usage
+    return _event(
+        call, usage=usage, success=error is None, finish_reason=stream.finish_reason, error=error
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Shared configuration and record building
+# ---------------------------------------------------------------------------------------
+
+
+def _default_backend() -> Backend:
+    if database_url_from_env():
+        return PostgresBackend()
+    try:
+        return HttpBackend()
+    except ConfigurationError:
+        raise ConfigurationError(
+            "no backend configured: set QUOTAFLOW_DATABASE_URL/DATABASE_URL (Postgres) or"
+            " SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY (HTTP functions), or pass backend="
+        ) from None
+
+
+class TrackerBase(AlertsMixin):
+    """What both trackers share: configuration, the outbox, the backend steps (blocking),
+    and turning settle results into :class:`UsageRecord` objects."""
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        database_url: str | None = None,
+        supabase_url: str | None = None,
+        supabase_key: str | None = None,
+        providers: Any = None,
+        on_usage: UsageCallback | Sequence[UsageCallback] | None = None,
+        reservation_ttl: int = DEFAULT_RESERVATION_TTL,
+        fail_open: bool = False,
+        outbox: Outbox | str | Path | bool | None = None,
+    ) -> None:
+        if backend is None:
+            if database_url:
+                backend = PostgresBackend(database_url)
+            elif supabase_url:
+                backend = HttpBackend(supabase_url, supabase_key)
+            else:
+                backend = _default_backend()
+        self.backend = backend
+        self._providers = providers
+        self._owns_providers = False
+        self._callbacks: list[UsageCallback] = (
+            [] if on_usage is None else [on_usage] if callable(on_usage) else list(on_usage)
+        )
+        self.reservation_ttl = reservation_ttl
+        self.fail_open = fail_open
+        """When the backend is unreachable at reserve time: False refuses the call
+        (BackendUnavailableError), True makes it unreserved and records it via the outbox."""
+        self._outbox: Outbox | None = None
+        self._outbox_path: Path | None = None
+        self._outbox_enabled = outbox is not False
+        self._outbox_lock = threading.Lock()
+        if isinstance(outbox, Outbox):
+            self._outbox = outbox
+        elif isinstance(outbox, (str, Path)):
+            self._outbox_path = Path(outbox)
+        if self._outbox_enabled and self._outbox is None:
+            self._outbox_path = self._outbox_path or default_outbox_path(
+                getattr(self.backend, "identity", None)
+            )
+            path = self._outbox_path
+            if path.exists():
+                # An earlier process left events behind: start replaying them now.
+                self._get_outbox().start()
+
+    def _get_outbox(self) -> Outbox:
+        # Locked: threads whose settles fail together must share one outbox (one replayer).
+        with self._outbox_lock:
+            if self._outbox is None:
+                self._outbox = Outbox(self.backend, self._outbox_path)
+            return self._outbox
+
+    def _flush(self, timeout: float) -> bool:
+        return self._outbox.flush(timeout) if self._outbox is not None else True
+
+    def _close_backend(self, timeout: float) -> None:
+        self.stop_alerts()
+        if self._outbox is not None:
+            self._outbox.close(timeout)
+        self.backend.close()
+
+    def on_usage(self, callback: UsageCallback) -> UsageCallback:
+        """Registers a callback run after every tracked call (usable as a decorator)."""
+        self._callbacks.append(callback)
+        return callback
+
+    def _record(self, event: UsageEvent, result: RecordResult | None) -> UsageRecord:
+        record = UsageRecord(
+            log_id=None if result is None else result.log_id,
+            request_id=event.request_id,
+            organization_id=event.organization_id,
+            provider=event.provider,
+            model=event.model,
+            usage=event.usage,
+            cost=None if result is None else result.cost_usd,
+            credits=None if result is None else result.credits,
+            price_id=None if result is None else result.price_id,
+            deferred=result is None,
+            success=event.success,
+            duplicate=False if result is None else result.duplicate,
+            user_id=event.user_id,
+            session_id=event.session_id,
+            workflow_id=event.workflow_id,
+            conversation_id=event.conversation_id,
+            latency_ms=event.latency_ms,
+            finish_reason=event.finish_reason,
+            error=event.error_message,
+            tags=event.tags,
+            metadata=event.metadata,
+            created_at=event.occurred_at,
+        )
+        for callback in self._callbacks:
+            try:
+                outcome = callback(record)
+                if asyncio.iscoroutine(outcome):
+                    _schedule(outcome)
+            except Exception:
+                log.exception("on_usage callback %r failed; the call is unaffected", callback)
+        return record
+
+    def _reserve_kwargs(self, call: _Call) -> dict[str, Any]:
+        return {
+            "organization_id": call.context.organization_id,
+            "request_id": call.request_id,
+            "provider": call.request.provider,
+            "model": call.request.model,
+            "input_tokens": call.prompt_tokens,
+            "max_output_tokens": call.request.max_tokens or DEFAULT_MAX_TOKENS,
+            "user_id": call.context.user_id,
+            "ttl_seconds": self.reservation_ttl,
+        }
+
+    def _settle(self, event: UsageEvent) -> UsageRecord:
+        try:
+            result = self.backend.record_usage(event)
+        except TrackingError as exc:
+            if not self._outbox_enabled:
+                raise
+            # The provider was called: the usage must not be lost. Keep it durably and
+            # replay it; record_usage is idempotent by request_id. (Unreachable, or failing
+            # on its side past the retries: deadlock, serialization failure, ...; refusals
+            # such as PricingNotFoundError are not TrackingErrors and still raise.)
+            log.warning("usage %s deferred to the outbox: %s", event.request_id, exc)
+            self._get_outbox().put(event, str(exc))
+            return self._record(event, None)
+        return self._record(event, result)
+
+    def _reserve(self, call: _Call) -> Reservation:
+        try:
+            return self.backend.reserve(**self._reserve_kwargs(call))
+        except BackendUnavailableError:
+            if not self.fail_open:
+                raise
+            log.warning(
+                "backend unavailable; call %s proceeds unreserved (fail_open)", call.request_id
+            )
+            return Reservation(
+                reservation_id=None,
+                status="unreserved",
+                reserved_cost=Decimal(0),
+                reserved_tokens=0,
+            )
+
+    def _perform_backend(self, step: _Step) -> Any:
+        """Blocking I/O of the steps that touch only the backend."""
+        if isinstance(step, _Reserve):
+            return self._reserve(step.call)
+        if isinstance(step, _Release):
+            try:
+                return self.backend.release(step.call.context.organization_id, step.call.request_id)
+            except BackendUnavailableError:
+                log.warning("could not release %s; it expires by itself", step.call.request_id)
+                return False
+        if isinstance(step, _GetRecord):
+            return self.backend.get_record(step.call.context.organization_id, step.call.request_id)
+        if isinstance(step, _Settle):
+            return self._settle(step.event)
+        raise TypeError(f"not a backend step: {step!r}")
+
+    # ---- read-only helpers, identical for both trackers ----
+
+    def _estimate_args(self, provider: str, model: str, messages: Sequence[Any]) -> tuple[str, int]:
+        from .models import normalise_provider
+
+        provider = normalise_provider(provider)
+        plain = [m.model_dump() if hasattr(m, "model_dump") else m for m in messages]
+        return provider, count_message_tokens(provider, model, plain)
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _schedule(coro: Awaitable[Any]) -> None:
+    async def guarded() -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("async on_usage callback failed; the call is unaffected")
+
+    try:
+        task = asyncio.get_running_loop().create_task(guarded())
+    except RuntimeError:
+        asyncio.run(guarded())
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+class StreamBase:
+    """What both stream wrappers share: the chunks seen, the error that broke the stream,
+    and the settled response."""
+
+    def __init__(self, tracker: TrackerBase, call: _Call, stream: Any) -> None:
+        self._tracker = tracker
+        self._call = call
+        self._stream = stream
+        self._chunks: list[str] = []
+        self._error: ProviderError | None = None
+        self.response: AIModelResponse | None = None
+
+    def _settle_event(self) -> UsageEvent:
+        return _stream_event(self._call, self._stream, self._error)
+
+    def _finish(self, event: UsageEvent, record: UsageRecord) -> None:
+        self.response = _response(
+            self._call, "".join(self._chunks), event.usage, event.finish_reason, record
+        )
