@@ -175,6 +175,28 @@ def test_execute_refused_by_a_quota_is_429_with_its_figures_and_never_reaches_th
     assert quota_row(conn, quota)["reserved"] == 0
 
 
+def test_a_request_id_reused_by_another_user_or_model_is_409_not_their_result(
+    api: Api, fake: FakeProviderServer, conn: Conn
+) -> None:
+    """An admin's executed call, then a member's execute with the same request_id but another
+    provider and model: 409 naming the fields, no call made, the admin's row untouched."""
+    first = api.post("execute", execute_body(api.world.org, request_id="shared"), as_="admin")
+    assert first.status_code == 200, first.get_json()
+    other = execute_body(api.world.org, request_id="shared")
+    other["request"] |= {"provider": "anthropic", "model": "claude-sonnet-4-5"}
+    r = api.post("execute", other, as_="member")
+    assert r.status_code == 409
+    err = error_of(r)
+    assert err["code"] == "idempotency_conflict" and "request_id" in err["message"]
+    assert "admin" not in r.get_data(as_text=True) and REPLY not in r.get_data(as_text=True)
+    assert fake.request_count() == 1
+    (row,) = log_rows(conn, api.world.org)
+    assert row["user_id"] == str(api.world.admin) and row["provider"] == "openai"
+    # The admin retrying the very same call still gets its own result back.
+    again = api.post("execute", execute_body(api.world.org, request_id="shared"), as_="admin")
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True
+
+
 def test_provider_failure_is_502_with_the_providers_status_and_is_recorded(
     api: Api, fake: FakeProviderServer, conn: Conn
 ) -> None:

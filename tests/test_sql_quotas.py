@@ -305,6 +305,38 @@ def test_reserving_the_same_request_twice_holds_once(conn: Conn) -> None:
     assert count(conn, "quota_reservations") == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        ({"provider": "anthropic", "model": "claude-sonnet-4-5"}, ["provider", "model"]),
+        ({"model": "gpt-4o-mini"}, ["model"]),
+        ({"user_id": "someone-else"}, ["user_id"]),
+    ],
+)
+@pytest.mark.parametrize("state", ["reserved", "recorded"])
+def test_a_request_id_reused_for_another_call_is_qf003_and_changes_nothing(
+    conn: Conn, state: str, change: dict[str, Any], fields: list[str]
+) -> None:
+    """reserve_quota with a request_id held or recorded for another provider, model or user
+    raises QF003 naming the fields, instead of answering with that call's hold or result."""
+    org = make_org(conn)
+    qid = add_quota(conn, org, 1)
+    reserve(conn, org, "shared-id", "0.10", user_id="admin")
+    if state == "recorded":
+        record(conn, org, "shared-id", user_id="admin")
+    before = balance(conn, qid)
+    with pytest.raises(psycopg.Error) as exc:
+        reserve(conn, org, "shared-id", "0.10", **{"user_id": "admin", **change})
+    assert exc.value.sqlstate == "QF003"
+    assert json.loads(exc.value.diag.message_detail or "{}")["fields"] == fields
+    assert f"already {state}" in str(exc.value)
+    assert balance(conn, qid) == before
+    assert count(conn, "quota_reservations") == 1
+    # The same call again is still a retry, not a conflict.
+    again = reserve(conn, org, "shared-id", "0.10", user_id="admin")
+    assert again["status"] == ("pending" if state == "reserved" else "recorded")
+
+
 def test_failed_call_releases_the_hold_and_writes_a_row(conn: Conn) -> None:
     """success=false: a log row with the error, the hold released, only real usage charged."""
     org = make_org(conn)
