@@ -197,6 +197,24 @@ def test_a_request_id_reused_by_another_user_or_model_is_409_not_their_result(
     assert again.status_code == 200 and again.get_json()["duplicate"] is True
 
 
+def test_a_member_cannot_exceed_a_hard_quota_through_n_in_extra(
+    api: Api, fake: FakeProviderServer, conn: Conn
+) -> None:
+    """extra.n = 128 multiplies the output the reservation must hold: the call needs 128 x 200
+    output tokens ($0.256 of gpt-4o), more than the member's daily $0.10: refused, never sent."""
+    quota = add_quota(conn, api.world.org, "0.10", metric="usd", quota_type="daily")
+    body = execute_body(api.world.org)
+    body["request"]["extra"] = {"n": 128}
+    r = api.post("execute", body, as_="member")
+    assert r.status_code == 429 and error_of(r)["quota_id"] == quota
+    assert fake.request_count() == 0 and quota_row(conn, quota)["reserved"] == 0
+    body["request"]["extra"] = {"n": 2}  # 2 x 200 tokens of gpt-4o fit
+    assert api.post("execute", body, as_="member").status_code == 200
+    body["request"]["extra"] = {"best_of": 3}
+    r = api.post("execute", body, as_="member")
+    assert r.status_code == 400 and error_of(r)["field"] == "extra.best_of"
+
+
 def test_provider_failure_is_502_with_the_providers_status_and_is_recorded(
     api: Api, fake: FakeProviderServer, conn: Conn
 ) -> None:

@@ -418,6 +418,93 @@ def test_wrap_with_tracking_prices_the_apps_own_call(
     assert _log_rows(conn)[0][6] == Decimal("0.003")
 
 
+@pytest.mark.parametrize(
+    ("provider", "api", "model", "extra", "bound"),
+    [
+        ("openai", "chat", "gpt-4o-mini", {"n": 3}, 300),
+        ("xai", "chat", "grok-4", {"n": 2}, 200),
+        ("openai", "responses", "gpt-4o-mini", {"reasoning": {"effort": "high"}}, 100),
+        (
+            "anthropic",
+            "chat",
+            "claude-sonnet-4-5",
+            {"thinking": {"type": "enabled", "budget_tokens": 64}},
+            100,
+        ),
+        ("google", "chat", "gemini-2.5-flash", {"generationConfig": {"candidateCount": 4}}, 400),
+        (
+            "google",
+            "chat",
+            "gemini-2.5-flash",
+            {
+                "generationConfig": {
+                    "maxOutputTokens": 9000,
+                    "thinkingConfig": {"thinkingBudget": 512},
+                }
+            },
+            100,
+        ),
+    ],
+    ids=["n", "xai-n", "reasoning", "thinking", "candidates", "gemini-thinking"],
+)
+def test_every_field_that_multiplies_or_extends_output_is_priced_into_the_reservation(
+    tracker: Tracker,
+    conn: psycopg.Connection[Any],
+    provider: str,
+    api: str,
+    model: str,
+    extra: dict[str, Any],
+    bound: int,
+) -> None:
+    """The reservation holds the output the provider may bill for the body it receives
+    (max_tokens 100 in the request, ``extra`` merged last): the cap, which includes reasoning
+    and thinking tokens, times the choices."""
+    from quotaflow.tokens import count_message_tokens
+
+    request = {"provider": provider, "api": api, "model": model, "messages": _messages()}
+    tracker.execute_with_tracking(
+        {**request, "max_tokens": 100, "extra": extra}, {"organization_id": ORG}
+    )
+    (held,) = conn.execute("select estimated_tokens from public.quota_reservations").fetchone()
+    assert held - count_message_tokens(provider, model, _messages()) == bound
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"n": 0}, "extra.n"),
+        ({"n": "3"}, "extra.n"),
+        ({"n": 2.5}, "extra.n"),
+        ({"best_of": 4}, "extra.best_of"),
+        ({"max_completion_tokens": 5000}, "request.extra"),
+        ({"max_output_tokens": 5000}, "request.extra"),
+    ],
+    ids=["n0", "n-string", "n-float", "best_of", "max_completion_tokens", "max_output_tokens"],
+)
+def test_an_output_field_that_cannot_be_bounded_is_refused_before_anything_is_held(
+    tracker: Tracker,
+    conn: psycopg.Connection[Any],
+    fake: FakeProviderServer,
+    extra: dict[str, Any],
+    field: str,
+) -> None:
+    """A choice count that is not a positive integer, best_of, or a cap set through ``extra``
+    (the request's max_tokens is the one cap): ValidationError naming the field."""
+    from quotaflow import ValidationError
+
+    request = {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "messages": _messages(),
+        "extra": extra,
+    }
+    with pytest.raises(ValidationError) as exc:
+        tracker.execute_with_tracking(request, {"organization_id": ORG})
+    assert exc.value.field == field
+    assert fake.request_count() == 0
+    assert conn.execute("select count(*) from public.quota_reservations").fetchone() == (0,)
+
+
 def test_concurrent_calls_never_overspend(
     tracker: Tracker,
     conn: psycopg.Connection[Any],

@@ -20,6 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError as PydanticValidationError
+
 from .backends import Backend, HttpBackend, PostgresBackend, database_url_from_env
 from .errors import (
     BackendUnavailableError,
@@ -40,6 +42,7 @@ from .models import (
     UsageRecord,
 )
 from .outbox import Outbox, default_outbox_path
+from .providers import get_adapter
 from .reports.analytics import AlertsMixin
 from .tokens import count_message_tokens
 from .usage import extract_usage
@@ -66,6 +69,8 @@ class _Call:
     context: ExecutionContext
     request_id: str
     prompt_tokens: int
+    max_output_tokens: int
+    """What the provider may bill as output for this request: its cap times its choices."""
     started: float = field(default_factory=time.perf_counter)
     occurred_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -111,8 +116,10 @@ Flow = Generator[_Step, Any, T]
 def _as_request(request: AIModelRequest | dict[str, Any]) -> AIModelRequest:
     try:
         return AIModelRequest.model_validate(request)
-    except Exception as exc:
-        raise ValidationError(f"invalid request: {exc}", field="request") from exc
+    except PydanticValidationError as exc:
+        loc = exc.errors()[0]["loc"] if exc.errors() else ()
+        field = ".".join(["request", *map(str, loc)])
+        raise ValidationError(f"invalid request: {exc}", field=field) from exc
 
 
 def _as_context(context: ExecutionContext | dict[str, Any]) -> ExecutionContext:
@@ -130,11 +137,15 @@ def _prepare(
     if req.max_tokens is None:
         req = req.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
     messages = [m.model_dump() for m in req.messages]
+    # Bounded from the body the provider will receive (``extra`` merged), so no request field
+    # can make the call bill more output than the reservation holds.
+    adapter = get_adapter(req.provider, req.api)
     return _Call(
         request=req,
         context=ctx,
         request_id=ctx.request_id or str(uuid.uuid4()),
         prompt_tokens=count_message_tokens(req.provider, req.model, messages),
+        max_output_tokens=adapter.output_bound(adapter.build_request(req).json),
     )
 
 
@@ -488,7 +499,7 @@ class TrackerBase(AlertsMixin):
             "provider": call.request.provider,
             "model": call.request.model,
             "input_tokens": call.prompt_tokens,
-            "max_output_tokens": call.request.max_tokens or DEFAULT_MAX_TOKENS,
+            "max_output_tokens": call.max_output_tokens,
             "user_id": call.context.user_id,
             "ttl_seconds": self.reservation_ttl,
         }

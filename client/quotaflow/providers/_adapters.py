@@ -42,6 +42,34 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
+def _count(body: Mapping[str, Any], field: str, default: int | None) -> int | None:
+    """A positive whole-number request field (a token cap or a choice count), or ``default``
+    when absent; anything else is refused before a reservation is made."""
+    value = body.get(field, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(
+            f"{field} must be a positive integer (got {value!r})", field=f"extra.{field}"
+        )
+    return value
+
+
+def _bound(cap: int | None, choices: int | None, cap_fields: str) -> int:
+    if cap is None:
+        raise ValidationError(
+            f"the request sets no output cap ({cap_fields}): a reservation could not bound "
+            "what the provider may bill",
+            field="max_tokens",
+        )
+    return cap * (choices or 1)
+
+
+_UNBOUNDED_FIELDS = ("best_of",)
+"""Fields that make the provider generate (and bill) more than one answer but that the
+adapters cannot bound: refused rather than under-reserved."""
+
+
 class Adapter:
     """The pure half of a provider API. Subclasses set the class attributes and implement
     :meth:`build_request`, :meth:`parse_response` and :meth:`parse_stream_event`."""
@@ -57,6 +85,12 @@ class Adapter:
     def build_request(
         self, request: AIModelRequest, *, api_key: str = "", stream: bool | None = None
     ) -> PreparedRequest:
+        raise NotImplementedError
+
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        """The most output tokens (reasoning and thinking included) the provider may bill for
+        this request body, every requested choice counted; ValidationError when the body
+        leaves that unbounded. The reservation holds this much output."""
         raise NotImplementedError
 
     def _headers(self, api_key: str, stream: bool) -> dict[str, str]:
@@ -179,6 +213,18 @@ class OpenAIChatAdapter(Adapter):
             }
         return PreparedRequest("POST", self.path, self._headers(api_key, stream), body, stream)
 
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        # max_completion_tokens counts reasoning tokens; n answers are each billed.
+        for field in _UNBOUNDED_FIELDS:
+            if body.get(field) not in (None, 1):
+                raise ValidationError(
+                    f"{field} is not supported: its output cannot be bounded",
+                    field=f"extra.{field}",
+                )
+        caps = [_count(body, f, None) for f in ("max_completion_tokens", "max_tokens")]
+        cap = max((c for c in caps if c is not None), default=None)
+        return _bound(cap, _count(body, "n", 1), "max_completion_tokens")
+
     def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         message = _get(body, "choices", 0, "message")
         content = _text_of(_get(message, "content")) or _str(_get(message, "refusal")) or ""
@@ -240,6 +286,10 @@ class OpenAIResponsesAdapter(OpenAIChatAdapter):
         if status == "incomplete":
             return _str(_get(response, "incomplete_details", "reason")) or status
         return status
+
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        # max_output_tokens counts reasoning tokens; the Responses API has one answer.
+        return _bound(_count(body, "max_output_tokens", None), 1, "max_output_tokens")
 
     def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         texts: list[str] = []
@@ -331,6 +381,10 @@ class AnthropicAdapter(Adapter):
             body["stream"] = True
         body.update(request.extra)
         return PreparedRequest("POST", self.path, self._headers(api_key, stream), body, stream)
+
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        # Extended thinking's budget_tokens is part of max_tokens (it must be smaller).
+        return _bound(_count(body, "max_tokens", None), 1, "max_tokens")
 
     def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         content = "".join(
@@ -434,6 +488,13 @@ class GeminiAdapter(Adapter):
         if config:
             body["generationConfig"] = config
         return PreparedRequest("POST", path, self._headers(api_key, stream), body, stream)
+
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        # Thinking tokens are billed against maxOutputTokens; each candidate is billed.
+        config = body.get("generationConfig")
+        config = config if isinstance(config, Mapping) else {}
+        cap = _count(config, "maxOutputTokens", None)
+        return _bound(cap, _count(config, "candidateCount", 1), "generationConfig.maxOutputTokens")
 
     @staticmethod
     def _candidate_text(candidate: Any) -> str:
