@@ -16,7 +16,9 @@ maps :mod:`quotaflow.errors` derives from its classes.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +49,8 @@ from .models import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("quotaflow.backends")
 
 # Retries of a backend call that failed because the connection broke. Every write is
 # idempotent by request_id, so repeating one is safe.
@@ -237,8 +241,56 @@ def database_url_from_env() -> str | None:
     return os.environ.get("QUOTAFLOW_DATABASE_URL") or os.environ.get("DATABASE_URL")
 
 
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds to establish a connection (``QUOTAFLOW_CONNECT_TIMEOUT``); with the database down
+a call is refused within this."""
+DEFAULT_POOL_TIMEOUT = 5.0
+"""Seconds a call waits for a free pooled connection while the database is up
+(``QUOTAFLOW_POOL_TIMEOUT``)."""
+
+# How the server refuses a connection when the configuration is wrong, not the network: no
+# such database or role, authentication failed, no pg_hba.conf entry, no right to connect.
+# libpq reports no SQLSTATE for a failed connection, only the server's FATAL message.
+_CONFIG_REFUSALS = re.compile(
+    r"FATAL:.*(does not exist|authentication failed|no pg_hba\.conf entry|permission denied)"
+)
+
+
+def _seconds(value: float | None, env: str, default: float) -> float:
+    if value is not None:
+        return value
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{env} must be a number of seconds (got {raw!r})") from None
+    if seconds <= 0:
+        raise ConfigurationError(f"{env} must be positive (got {raw!r})")
+    return seconds
+
+
+class _PoolConnectNoise:
+    """psycopg_pool warns on every failed reconnect attempt (several a second in an
+    outage); the backend logs one warning per outage instead, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error connecting in 'quotaflow")
+
+
+logging.getLogger("psycopg.pool").addFilter(_PoolConnectNoise())
+
+
 class PostgresBackend:
-    """Calls the SQL functions over a lazily opened psycopg pool."""
+    """Calls the SQL functions over a lazily opened psycopg pool.
+
+    A malformed URL raises :class:`ConfigurationError` here; a database that does not exist
+    or refuses the credentials raises it on first use, at once. With the database down a
+    call fails with :class:`BackendUnavailableError` within ``connect_timeout`` (default 2 s,
+    ``QUOTAFLOW_CONNECT_TIMEOUT``); ``timeout`` is how long a call waits for a free pooled
+    connection while the database is up (default 5 s, ``QUOTAFLOW_POOL_TIMEOUT``).
+    """
 
     def __init__(
         self,
@@ -246,21 +298,64 @@ class PostgresBackend:
         *,
         min_size: int = 1,
         max_size: int | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
+        import psycopg.conninfo
+
         url = database_url or database_url_from_env()
         if not url:
             raise ConfigurationError(
                 "no database URL: pass database_url or set QUOTAFLOW_DATABASE_URL / DATABASE_URL"
             )
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+            ports = str(params.get("port") or "0").split(",")
+            if not all(p.strip().isdigit() for p in ports):
+                raise psycopg.ProgrammingError(f"invalid port {params['port']!r}")
+        except psycopg.ProgrammingError:
+            raise ConfigurationError(
+                "the database URL is neither a postgresql:// URL nor a key=value connection string"
+            ) from None
         self._url = url
         self.identity = _without_password(url)
         """Names the database (no secrets); the default outbox file is chosen by it."""
         self._min_size = min_size
         self._max_size = max_size or int(os.environ.get("QUOTAFLOW_POOL_SIZE", "10"))
-        self._timeout = timeout
+        self._timeout = _seconds(timeout, "QUOTAFLOW_POOL_TIMEOUT", DEFAULT_POOL_TIMEOUT)
+        in_url = params.get("connect_timeout")
+        self.connect_timeout = _seconds(
+            connect_timeout if connect_timeout is not None or not in_url else float(in_url),
+            "QUOTAFLOW_CONNECT_TIMEOUT",
+            DEFAULT_CONNECT_TIMEOUT,
+        )
+        """Argument, else the URL's own ``connect_timeout``, else the environment, else 2 s."""
         self._pool: Any = None
         self._lock = threading.Lock()
+        self._down = False
+        """Set when a connection failed: calls then probe with a fresh connection (bounded by
+        connect_timeout) instead of waiting on the pool, until one succeeds."""
+
+    def _probe(self) -> None:
+        """One direct connection: ConfigurationError for a wrong database or credentials,
+        BackendUnavailableError when unreachable (within connect_timeout)."""
+        import psycopg
+
+        try:
+            psycopg.connect(
+                self._url, connect_timeout=max(1, round(self.connect_timeout)), autocommit=True
+            ).close()
+        except psycopg.Error as exc:
+            message = str(exc).strip().splitlines()[-1]
+            if _CONFIG_REFUSALS.search(str(exc)):
+                raise ConfigurationError(f"database {self.identity!r}: {message}") from exc
+            if not self._down:
+                log.warning("database %s unreachable: %s", self.identity, message)
+            self._down = True
+            raise BackendUnavailableError(f"database unavailable: {message}") from exc
+        if self._down:
+            log.warning("database %s reachable again", self.identity)
+        self._down = False
 
     def _get_pool(self) -> Any:
         if self._pool is None:
@@ -269,6 +364,7 @@ class PostgresBackend:
                     from psycopg.rows import dict_row
                     from psycopg_pool import ConnectionPool
 
+                    self._probe()
                     self._pool = ConnectionPool(
                         self._url,
                         min_size=self._min_size,
@@ -278,17 +374,32 @@ class PostgresBackend:
                             "autocommit": True,
                             "prepare_threshold": None,
                             "row_factory": dict_row,
+                            "connect_timeout": max(1, round(self.connect_timeout)),
                         },
                         open=True,
                         name="quotaflow",
                     )
+        elif self._down:
+            self._probe()
         return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A pooled connection (autocommit, dict rows); returned to the pool on exit."""
-        with self._get_pool().connection() as conn:
-            yield conn
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """A pooled connection (autocommit, dict rows); returned to the pool on exit.
+        ``timeout`` bounds the wait for it (default: the pool's)."""
+        import psycopg
+        import psycopg_pool
+
+        try:
+            with self._get_pool().connection(timeout=timeout) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            waited = self._timeout if timeout is None else timeout
+            raise BackendUnavailableError(f"no database connection within {waited:.1f} s") from exc
+        except psycopg.OperationalError as exc:
+            if not exc.sqlstate or exc.sqlstate[:2] in ("08", "57"):
+                self._down = True  # the next call probes instead of waiting on the pool
+            raise
 
     def _rows(self, sql: str, params: dict[str, Any] | Sequence[Any]) -> list[dict[str, Any]]:
         def once() -> list[dict[str, Any]]:
@@ -494,9 +605,18 @@ class HttpBackend:
                 "HTTP backend needs a URL and a key: pass url/key or set SUPABASE_URL and"
                 " SUPABASE_SERVICE_ROLE_KEY (or QUOTAFLOW_API_KEY)"
             )
+        try:
+            parts: httpx.URL | None = httpx.URL(url) if "://" in url else None
+        except httpx.InvalidURL:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.host:
+            raise ConfigurationError(
+                "the functions URL must be an http(s) URL such as https://<ref>.supabase.co"
+            )
         self._base = url.rstrip("/") + "/functions/v1/"
         self.identity = self._base
-        self._client = client or httpx.Client(timeout=timeout)
+        connect = _seconds(None, "QUOTAFLOW_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=connect))
         self._headers = {"Authorization": f"Bearer {key}", "apikey": key}
 
     def _call(

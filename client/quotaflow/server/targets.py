@@ -486,12 +486,17 @@ class DashboardQuery(OrganizationQuery):
 # ---------------------------------------------------------------------------------------
 
 
+HEALTH_TIMEOUT = 1.0
+"""Seconds /health waits for a pooled connection before it answers 503."""
+
+
 @functions_framework.http
 @endpoint(Op("GET", response=HealthResult), auth=False, errors=(503,))
 def health(call: Call) -> Reply:
-    """Liveness and database reachability (503 when the database cannot be reached)."""
+    """Liveness and database reachability (503 when the database cannot be reached), within
+    about a second when the pool is busy and the connect timeout when the database is down."""
     try:
-        with call.backend.connection() as conn:
+        with call.backend.connection(timeout=HEALTH_TIMEOUT) as conn:
             conn.execute("select 1")
     except BackendUnavailableError:
         raise
