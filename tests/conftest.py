@@ -138,6 +138,16 @@ def db_url(qf_template: NoopExecutor) -> Iterator[str]:
 
 
 @pytest.fixture
+def second_db_url(qf_template: NoopExecutor) -> Iterator[str]:
+    """Another fresh database on the same server, for what must never cross databases."""
+    yield from _fresh_database(
+        _server_of(qf_template),
+        f"{qf_template.dbname}_t{next(_clone_numbers)}",
+        qf_template.template_dbname,
+    )
+
+
+@pytest.fixture
 def seeded_db_url(qf_seeded_template: NoopExecutor) -> Iterator[str]:
     """URL of a fresh database (bootstrap + migrations + supabase/seed.sql)."""
     yield from _fresh_database(

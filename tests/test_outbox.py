@@ -32,6 +32,7 @@ from quotaflow.testing import FakeProviderServer
 from quotaflow.tracker import Tracker
 
 from tests.provider_fixtures import API_KEYS, FAST_RETRY, base_urls
+from tests.tcp_proxy import TcpProxy
 
 D = Decimal
 Conn = psycopg.Connection[Any]
@@ -45,6 +46,13 @@ def backend(db_url: str) -> Iterator[PostgresBackend]:
     b = PostgresBackend(db_url, max_size=4, timeout=5)
     yield b
     b.close()
+
+
+@pytest.fixture
+def proxy(db_url: str) -> Iterator[TcpProxy]:
+    """The test database behind a loopback forwarder: ``proxy.url`` can be down, then back."""
+    with TcpProxy(db_url) as p:
+        yield p
 
 
 @pytest.fixture
@@ -257,36 +265,44 @@ def test_refused_events_are_dead_lettered_and_the_rest_delivered(
 
 
 def test_a_new_outbox_picks_up_what_another_left(
-    tmp_path: Path, down: PostgresBackend, backend: PostgresBackend, conn: Conn, org: str
+    tmp_path: Path, proxy: TcpProxy, conn: Conn, org: str
 ) -> None:
+    """Events kept while their database was away are delivered by the next outbox for it."""
     path = tmp_path / "outbox.db"
-    first = Outbox(down, path)
-    events = [event(org) for _ in range(10)]
-    for e in events:
+    proxy.down()
+    away = PostgresBackend(proxy.url, max_size=1, timeout=0.3)
+    first = Outbox(away, path)
+    for e in [event(org) for _ in range(10)]:
         first.put(e, "database unavailable")
     assert first.close(timeout=0.5) is False
-    second = Outbox(backend, path)
+    away.close()
+    proxy.up()
+    back = PostgresBackend(proxy.url, max_size=2)
+    second = Outbox(back, path)
     try:
         assert second.pending() == 10
         assert second.flush(timeout=10)
     finally:
         second.close()
+        back.close()
     t = totals(conn, org)
     assert t["rows"] == t["ids"] == 10
     assert_consistent(conn, org)
 
 
 def test_two_outboxes_draining_one_file_record_each_event_once(
-    tmp_path: Path, db_url: str, conn: Conn, org: str
+    tmp_path: Path, proxy: TcpProxy, conn: Conn, org: str
 ) -> None:
     """An app and `quotaflow outbox flush` (or two app processes) may drain at once."""
     path = tmp_path / "outbox.db"
-    seed = Outbox(PostgresBackend(DOWN_URL, max_size=1, timeout=0.2), path)
+    proxy.down()
+    seed = Outbox(PostgresBackend(proxy.url, max_size=1, timeout=0.2), path)
     for _ in range(300):
         seed.put(event(org))
     seed.close(timeout=0)
     seed.backend.close()
-    backends = [PostgresBackend(db_url, max_size=2) for _ in range(2)]
+    proxy.up()
+    backends = [PostgresBackend(proxy.url, max_size=2) for _ in range(2)]
     boxes = [Outbox(b, path) for b in backends]
     results: list[bool] = []
     threads = [threading.Thread(target=lambda b=b: results.append(b.flush(20))) for b in boxes]
@@ -301,6 +317,61 @@ def test_two_outboxes_draining_one_file_record_each_event_once(
     t = totals(conn, org)
     assert t["rows"] == t["ids"] == 300
     assert_consistent(conn, org)
+
+
+def test_two_trackers_on_two_databases_sharing_one_outbox_never_mix(
+    tmp_path: Path, db_url: str, second_db_url: str, conn: Conn
+) -> None:
+    """Events deferred for database A stay A's: a tracker, a flush or the replayer on B
+    never delivers them; `outbox status` counts them per database; A's own outbox does."""
+    path = tmp_path / "shared.sqlite3"
+    org = "0000000a-0000-4000-8000-0000000000aa"
+    for url in (db_url, second_db_url):
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("insert into public.organizations (id, name) values (%s, 'Both')", (org,))
+    with TcpProxy(db_url) as a_proxy:
+        a = Tracker(PostgresBackend(a_proxy.url, max_size=1), outbox=path)
+        a.check_quota(org, "openai", "gpt-4o-mini", "0")  # A is known by its system id now
+        a_proxy.down()
+        raw = {"usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}}
+        deferred = [
+            a.track_usage({"organization_id": org}, "openai", "gpt-4o-mini", raw) for _ in range(3)
+        ]
+        assert all(r.deferred for r in deferred)
+        a.close(timeout=0)
+        a_proxy.up()
+
+        b = Tracker(PostgresBackend(second_db_url, max_size=1), outbox=path)
+        b.track_usage({"organization_id": org}, "openai", "gpt-4o-mini", raw)
+        assert b.flush(timeout=2)
+        b.close(timeout=1)
+        cli = run_cli(["outbox", "flush", "--path", str(path), "--database-url", second_db_url])
+        assert "3 event(s) for other databases left alone" in cli.stdout
+        with psycopg.connect(second_db_url) as c:
+            assert c.execute("select count(*) from public.api_usage_logs").fetchone() == (1,)
+
+        status = json.loads(run_cli(["outbox", "status", "--path", str(path), "--json"]).stdout)
+        assert status["pending"] == 3
+        (a_target,) = status["targets"]
+        assert a_target["pending"] == 3 and a_target["target"].startswith("pg:")
+        assert a_target["target"].endswith(
+            "/" + psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+        )
+
+        again = Tracker(PostgresBackend(db_url, max_size=1), outbox=path)
+        assert again.flush(timeout=10)  # another URL of A: known by its system id
+        again.close()
+    ids = {r.request_id for r in deferred}
+    logged = conn.execute("select request_id from public.api_usage_logs").fetchall()
+    assert {r[0] for r in logged} == ids
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "quotaflow.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def test_background_replayer_delivers_without_flush(
@@ -334,13 +405,14 @@ def test_close_stops_the_replayer_thread(tmp_path: Path, down: PostgresBackend) 
 
 
 def test_tracker_defers_to_the_outbox_and_a_new_tracker_drains_it(
-    tmp_path: Path, db_url: str, conn: Conn, org: str
+    tmp_path: Path, proxy: TcpProxy, conn: Conn, org: str
 ) -> None:
     """Settle while the database is away: the record says deferred, nothing is lost, and
     the next Tracker on the same outbox file replays it without being asked."""
     path = tmp_path / "outbox.db"
     raw = {"usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}}
-    away = Tracker(PostgresBackend(DOWN_URL, max_size=1, timeout=0.3), outbox=path)
+    proxy.down()
+    away = Tracker(PostgresBackend(proxy.url, max_size=1, timeout=0.3), outbox=path)
     records = [
         away.track_usage({"organization_id": org}, "openai", "gpt-4o-mini", raw) for _ in range(5)
     ]
@@ -348,7 +420,8 @@ def test_tracker_defers_to_the_outbox_and_a_new_tracker_drains_it(
     away.close(timeout=0.5)
     assert totals(conn, org)["rows"] == 0
 
-    back = Tracker(PostgresBackend(db_url, max_size=2), outbox=path)
+    proxy.up()
+    back = Tracker(PostgresBackend(proxy.url, max_size=2), outbox=path)
     try:
         deadline = time.monotonic() + 10
         while totals(conn, org)["rows"] < 5 and time.monotonic() < deadline:
@@ -368,7 +441,7 @@ def test_tracker_defers_to_the_outbox_and_a_new_tracker_drains_it(
 
 
 def test_fail_open_calls_the_provider_and_records_through_the_outbox(
-    tmp_path: Path, db_url: str, conn: Conn, org: str
+    tmp_path: Path, proxy: TcpProxy, conn: Conn, org: str
 ) -> None:
     """fail_open=True: with the database away the call still runs, unreserved; its usage
     is recorded once the outbox drains. The default (fail closed) refuses the call."""
@@ -381,8 +454,9 @@ def test_fail_open_calls_the_provider_and_records_through_the_outbox(
     }
     with FakeProviderServer(usage=Usage(input_tokens=30, output_tokens=4)) as fake:
         providers = ProviderClient(api_keys=API_KEYS, base_urls=base_urls(fake), retry=FAST_RETRY)
+        proxy.down()
         closed = Tracker(
-            PostgresBackend(DOWN_URL, max_size=1, timeout=0.3), providers=providers, outbox=path
+            PostgresBackend(proxy.url, max_size=1, timeout=0.3), providers=providers, outbox=path
         )
         with pytest.raises(BackendUnavailableError):
             closed.execute_with_tracking(request, {"organization_id": org})
@@ -390,7 +464,7 @@ def test_fail_open_calls_the_provider_and_records_through_the_outbox(
         assert fake.request_count() == 0, "fail closed must not call the provider"
 
         opened = Tracker(
-            PostgresBackend(DOWN_URL, max_size=1, timeout=0.3),
+            PostgresBackend(proxy.url, max_size=1, timeout=0.3),
             providers=providers,
             outbox=path,
             fail_open=True,
@@ -401,7 +475,8 @@ def test_fail_open_calls_the_provider_and_records_through_the_outbox(
         assert fake.request_count() == 1
     assert response.content and response.deferred and response.log_id is None
 
-    back = Tracker(PostgresBackend(db_url, max_size=2), outbox=path)
+    proxy.up()
+    back = Tracker(PostgresBackend(proxy.url, max_size=2), outbox=path)
     try:
         assert back.flush(timeout=10)
     finally:
@@ -481,16 +556,19 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_outbox_status_and_flush(
-    tmp_path: Path, down: PostgresBackend, db_url: str, conn: Conn, org: str
+    tmp_path: Path, proxy: TcpProxy, conn: Conn, org: str
 ) -> None:
     """`quotaflow outbox status` shows what waits; `flush` delivers it, or exits 1 saying
     how many events are left when the database is still away."""
     path = tmp_path / "outbox.db"
+    proxy.down()
+    down = PostgresBackend(proxy.url, max_size=1, timeout=0.3)
     box = Outbox(down, path)
     for _ in range(3):
         box.put(event(org), "database unavailable: connection refused")
     box.close(timeout=0)
-    env = {"QUOTAFLOW_OUTBOX_PATH": str(path), "QUOTAFLOW_DATABASE_URL": db_url}
+    down.close()
+    env = {"QUOTAFLOW_OUTBOX_PATH": str(path), "QUOTAFLOW_DATABASE_URL": proxy.url}
 
     status = _cli("outbox", "status", "--json", env=env)
     assert status.returncode == 0, status.stderr
@@ -498,13 +576,12 @@ def test_cli_outbox_status_and_flush(
     assert (shown["pending"], shown["dead"], shown["path"]) == (3, 0, str(path))
     assert "unavailable" in shown["last_error"]
 
-    away = _cli(
-        "outbox", "flush", "--timeout", "1", env={**env, "QUOTAFLOW_DATABASE_URL": DOWN_URL}
-    )
+    away = _cli("outbox", "flush", "--timeout", "1", env=env)
     assert away.returncode == 1
     assert "3 event(s)" in away.stderr + away.stdout
     assert totals(conn, org)["rows"] == 0
 
+    proxy.up()
     flushed = _cli("outbox", "flush", env=env)
     assert flushed.returncode == 0, flushed.stderr
     assert "delivered 3" in flushed.stdout

@@ -15,6 +15,7 @@ maps :mod:`quotaflow.errors` derives from its classes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,6 +60,16 @@ BACKEND_RETRY = RetryPolicy(initial_delay=0.05, multiplier=4.0, jitter=0.5, max_
 
 class Backend(Protocol):
     """What the Tracker needs from a store of quotas and usage."""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Names of this store for the outbox (no secrets): new events carry the first, and
+        the events of every one are this store's to replay."""
+        ...
+
+    def resolve_targets(self) -> tuple[str, ...]:
+        """:attr:`targets`, after connecting if that is what it takes to know them all."""
+        ...
 
     def reserve(
         self,
@@ -282,6 +293,20 @@ class _PoolConnectNoise:
 logging.getLogger("psycopg.pool").addFilter(_PoolConnectNoise())
 
 
+def _database_target(conn: Any) -> str | None:
+    """The cluster's system identifier and the database's name, or None where the role may
+    not read pg_control_system()."""
+    import psycopg
+
+    try:
+        row = conn.execute(
+            "select system_identifier::text, current_database() from pg_catalog.pg_control_system()"
+        ).fetchone()
+    except psycopg.Error:
+        return None
+    return f"pg:{row[0]}/{row[1]}" if row else None
+
+
 class PostgresBackend:
     """Calls the SQL functions over a lazily opened psycopg pool.
 
@@ -332,9 +357,24 @@ class PostgresBackend:
         """Argument, else the URL's own ``connect_timeout``, else the environment, else 2 s."""
         self._pool: Any = None
         self._lock = threading.Lock()
+        self._db_target: str | None = None
         self._down = False
         """Set when a connection failed: calls then probe with a fresh connection (bounded by
         connect_timeout) instead of waiting on the pool, until one succeeds."""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """``pg:<system identifier>/<database>`` once connected (the same whatever URL reaches
+        the database), and ``url:<URL without password>``, which events recorded before the
+        first connection carry."""
+        by_url = "url:" + self.identity
+        return (self._db_target, by_url) if self._db_target else (by_url,)
+
+    def resolve_targets(self) -> tuple[str, ...]:
+        if self._db_target is None:
+            with contextlib.suppress(QuotaflowError):  # unreachable: the URL target for now
+                self._get_pool()
+        return self.targets
 
     def _probe(self) -> None:
         """One direct connection: ConfigurationError for a wrong database or credentials,
@@ -342,9 +382,11 @@ class PostgresBackend:
         import psycopg
 
         try:
-            psycopg.connect(
+            with psycopg.connect(
                 self._url, connect_timeout=max(1, round(self.connect_timeout)), autocommit=True
-            ).close()
+            ) as conn:
+                if self._db_target is None:
+                    self._db_target = _database_target(conn)
         except psycopg.Error as exc:
             message = str(exc).strip().splitlines()[-1]
             if _CONFIG_REFUSALS.search(str(exc)):
@@ -615,9 +657,13 @@ class HttpBackend:
             )
         self._base = url.rstrip("/") + "/functions/v1/"
         self.identity = self._base
+        self.targets = ("http:" + self._base,)
         connect = _seconds(None, "QUOTAFLOW_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=connect))
         self._headers = {"Authorization": f"Bearer {key}", "apikey": key}
+
+    def resolve_targets(self) -> tuple[str, ...]:
+        return self.targets
 
     def _call(
         self,

@@ -429,10 +429,7 @@ class TrackerBase(AlertsMixin):
         elif isinstance(outbox, (str, Path)):
             self._outbox_path = Path(outbox)
         if self._outbox_enabled and self._outbox is None:
-            self._outbox_path = self._outbox_path or default_outbox_path(
-                getattr(self.backend, "identity", None)
-            )
-            path = self._outbox_path
+            self._outbox_path = path = self._outbox_path or default_outbox_path()
             if path.exists():
                 # An earlier process left events behind: start replaying them now.
                 self._get_outbox().start()
@@ -505,18 +502,27 @@ class TrackerBase(AlertsMixin):
         }
 
     def _settle(self, event: UsageEvent) -> UsageRecord:
+        if not self._outbox_enabled:
+            return self._record(event, self.backend.record_usage(event))
+        # The provider answered: the event is on disk (fsynced) before the backend is tried,
+        # so a process killed from here on loses nothing; its successor replays the event and
+        # record_usage, idempotent by request_id, charges it once.
+        outbox = self._get_outbox()
+        outbox.put(event, in_flight=True)
         try:
             result = self.backend.record_usage(event)
         except TrackingError as exc:
-            if not self._outbox_enabled:
-                raise
-            # The provider was called: the usage must not be lost. Keep it durably and
-            # replay it; record_usage is idempotent by request_id. (Unreachable, or failing
-            # on its side past the retries: deadlock, serialization failure, ...; refusals
-            # such as PricingNotFoundError are not TrackingErrors and still raise.)
-            log.warning("usage %s deferred to the outbox: %s", event.request_id, exc)
-            self._get_outbox().put(event, str(exc))
+            # Unreachable, or failing on its side past the retries (deadlock, serialization
+            # failure, ...): the replayer delivers it later.
+            log.info("usage %s deferred to the outbox: %s", event.request_id, exc)
+            outbox.defer(event, str(exc))
             return self._record(event, None)
+        except QuotaflowError as exc:
+            # Refused for good (no price, a conflicting replay, invalid usage): the caller
+            # hears why; the event stays in the outbox, dead, for a person to inspect.
+            outbox.refuse(event, exc)
+            raise
+        outbox.acknowledge(event)
         return self._record(event, result)
 
     def _reserve(self, call: _Call) -> Reservation:

@@ -7,14 +7,21 @@ successor, ``quotaflow outbox flush``) may read and write the same outbox at onc
 cross-process locking and crash safety (``synchronous=FULL`` fsyncs every commit) from the
 standard library; a hand-rolled log would need its own compaction, locking and recovery.
 
-Replays are idempotent: ``record_usage`` treats the same ``(organization_id, request_id)``
-as one event, so an event delivered twice (a crash between the backend's commit and the
-outbox's delete) is still charged once.
+Durable first: a tracker puts every usage event here (fsynced) before it calls the backend,
+and deletes it once the backend acknowledged it, so a process killed at any instant after the
+provider answered leaves the event on disk for its successor. Replays are idempotent:
+``record_usage`` treats the same ``(organization_id, request_id)`` as one event, so an event
+delivered twice (a crash between the backend's commit and the outbox's delete) is charged once.
+
+Each event is bound to the database it is meant for (its *target*: ``pg:<system
+identifier>/<database>``, or ``url:<URL without password>`` before the first connection, or
+``http:<functions URL>``). An outbox replays only the events of its backend's targets; events
+for other databases stay where they are and are reported by :meth:`Outbox.status`, so one file
+can serve every tracker on a machine without staging usage landing in production.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
@@ -41,8 +48,13 @@ REPLAY_BATCH = 200
 POLL_INTERVAL = 0.5
 """How often the background replayer looks for due events when idle."""
 
+IN_FLIGHT_LEASE = 30.0
+"""Seconds an event put before its own settle is left to that settle before the background
+replayer may deliver it too (a successor's flush takes it at once)."""
+
 _SCHEMA = """
 create table if not exists events (
+  target text not null,
   organization_id text not null,
   request_id text not null,
   payload text not null,
@@ -51,21 +63,34 @@ create table if not exists events (
   last_error text,
   dead integer not null default 0,
   created_at real not null,
-  primary key (organization_id, request_id)
+  primary key (target, organization_id, request_id)
 )
 """
+_SCHEMA_VERSION = 2
+# Version 1 had no target: its events are kept with target '' ("unbound"), replayed only when
+# someone names their database (quotaflow outbox flush --claim-unbound).
+_UPGRADE_FROM_1 = (
+    "alter table events rename to events_v1",
+    _SCHEMA,
+    "insert into events select '', organization_id, request_id, payload, attempts,"
+    " next_attempt_at, last_error, dead, created_at from events_v1",
+    "drop table events_v1",
+)
+UNBOUND = ""
 
 
-def default_outbox_path(backend_identity: str | None = None) -> Path:
-    """``QUOTAFLOW_OUTBOX_PATH``, else one file per backend under ``~/.quotaflow``, so a
-    process never replays another database's events into its own."""
+def default_outbox_path() -> Path:
+    """``QUOTAFLOW_OUTBOX_PATH``, else ``~/.quotaflow/outbox.sqlite3``: one file for every
+    tracker of the user, each event bound to its own database."""
     env = os.environ.get("QUOTAFLOW_OUTBOX_PATH")
-    if env:
-        return Path(env)
-    if not backend_identity:
-        return Path.home() / ".quotaflow" / "outbox.sqlite3"
-    digest = hashlib.sha256(backend_identity.encode()).hexdigest()[:12]
-    return Path.home() / ".quotaflow" / f"outbox-{digest}.sqlite3"
+    return Path(env) if env else Path.home() / ".quotaflow" / "outbox.sqlite3"
+
+
+_KEY = "target = ? and organization_id = ? and request_id = ?"
+
+
+def _refusal(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 class Outbox:
@@ -82,8 +107,28 @@ class Outbox:
         self._state_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._thread: threading.Thread | None = None
-        with self._db() as db:
-            db.execute(_SCHEMA)
+        db = self._db()
+        db.execute("begin immediate")  # one process creates or upgrades the file at a time
+        try:
+            columns = {r[1] for r in db.execute("pragma table_info(events)")}
+            for statement in _UPGRADE_FROM_1 if columns and "target" not in columns else (_SCHEMA,):
+                db.execute(statement)
+            db.execute(f"pragma user_version = {_SCHEMA_VERSION}")
+            db.execute("commit")
+        except BaseException:
+            db.execute("rollback")
+            raise
+        self.claim_unbound = False
+        """True: this outbox also delivers the events of an older quotaflow that were stored
+        without a target (the user named their database)."""
+
+    def _mine(self, resolve: bool = False) -> tuple[str, list[str]]:
+        """A ``target in (...)`` condition for the backend's targets, and its parameters;
+        ``resolve`` connects first if that is what it takes to know them all."""
+        targets = list(self.backend.resolve_targets() if resolve else self.backend.targets)
+        if self.claim_unbound:
+            targets.append(UNBOUND)
+        return f"target in ({', '.join('?' * len(targets))})", targets
 
     @property
     def backend(self) -> Backend:
@@ -109,35 +154,74 @@ class Outbox:
 
     # ---- writing -------------------------------------------------------------------
 
-    def put(self, event: UsageEvent, error: str | None = None) -> None:
-        """Stores an event durably (fsynced) before returning; the same request_id once."""
+    def put(self, event: UsageEvent, error: str | None = None, *, in_flight: bool = False) -> None:
+        """Stores an event durably (fsynced) before returning; the same request_id once per
+        database. ``in_flight``: the caller delivers it now itself (and then calls
+        :meth:`acknowledge` or :meth:`defer`); the replayer leaves it alone meanwhile."""
         now = time.time()
         with self._db() as db:
             db.execute(
-                "insert or ignore into events (organization_id, request_id, payload, attempts,"
-                " next_attempt_at, last_error, created_at) values (?, ?, ?, 0, ?, ?, ?)",
+                "insert or ignore into events (target, organization_id, request_id, payload,"
+                " attempts, next_attempt_at, last_error, created_at)"
+                " values (?, ?, ?, ?, 0, ?, ?, ?)",
                 (
+                    self.backend.targets[0],
                     event.organization_id,
                     event.request_id,
                     event.model_dump_json(),
-                    now + REPLAY_POLICY.backoff(1),
+                    now + (IN_FLIGHT_LEASE if in_flight else REPLAY_POLICY.backoff(1)),
                     error,
                     now,
                 ),
             )
+        if not in_flight:
+            self.start()
+
+    def acknowledge(self, event: UsageEvent) -> None:
+        """The backend recorded the event: forget it. Not fsynced (a crash that undoes this
+        delete only replays an event the backend treats as a duplicate)."""
+        where, targets = self._mine()
+        db = self._db()
+        db.execute("pragma synchronous = normal")
+        try:
+            db.execute(
+                f"delete from events where {where} and organization_id = ? and request_id = ?",
+                (*targets, event.organization_id, event.request_id),
+            )
+        finally:
+            db.execute("pragma synchronous = full")
+
+    def defer(self, event: UsageEvent, error: str) -> None:
+        """The backend could not take the event now: the replayer retries it with backoff."""
+        self._update(event, "next_attempt_at = ?", time.time() + REPLAY_POLICY.backoff(1), error)
         self.start()
+
+    def refuse(self, event: UsageEvent, error: BaseException) -> None:
+        """The backend refused the event for good: kept as dead for a person to inspect."""
+        self._update(event, "dead = 1, next_attempt_at = ?", time.time(), _refusal(error))
+
+    def _update(self, event: UsageEvent, assignments: str, value: Any, error: str) -> None:
+        where, targets = self._mine()
+        with self._db() as db:
+            db.execute(
+                f"update events set {assignments}, attempts = attempts + 1, last_error = ?"
+                f" where {where} and organization_id = ? and request_id = ?",
+                (value, error, *targets, event.organization_id, event.request_id),
+            )
 
     # ---- reading -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Counts of pending and dead events, the oldest pending age and the last error."""
-        row = (
+        """Counts of pending and dead events, the oldest pending age and the last error, in
+        all and per database (``targets``); with a backend, ``mine`` says which are its own."""
+        rows = (
             self._db()
             .execute(
-                "select count(*) filter (where dead = 0), count(*) filter (where dead = 1),"
-                " min(created_at) filter (where dead = 0), max(attempts) from events"
+                "select target, count(*) filter (where dead = 0), count(*) filter (where dead = 1),"
+                " min(created_at) filter (where dead = 0), max(attempts)"
+                " from events group by target order by target"
             )
-            .fetchone()
+            .fetchall()
         )
         last = (
             self._db()
@@ -147,18 +231,43 @@ class Outbox:
             )
             .fetchone()
         )
-        pending, dead, oldest, attempts = row if row else (0, 0, None, None)
+        mine = set(self._mine()[1]) if self._backend is not None else None
+        now = time.time()
+
+        def age(oldest: float | None) -> float | None:
+            return None if oldest is None else round(now - oldest, 1)
+
+        oldest = min((r[3] for r in rows if r[3] is not None), default=None)
         return {
             "path": str(self.path),
-            "pending": pending or 0,
-            "dead": dead or 0,
-            "oldest_age_seconds": None if oldest is None else round(time.time() - oldest, 1),
-            "max_attempts": attempts or 0,
+            "pending": sum(r[1] for r in rows),
+            "dead": sum(r[2] for r in rows),
+            "oldest_age_seconds": age(oldest),
+            "max_attempts": max((r[4] for r in rows), default=0),
             "last_error": last[0] if last else None,
+            "targets": [
+                {
+                    "target": r[0] or "unbound (an older quotaflow; flush --claim-unbound)",
+                    "pending": r[1],
+                    "dead": r[2],
+                    "oldest_age_seconds": age(r[3]),
+                    **({} if mine is None else {"mine": r[0] in mine}),
+                }
+                for r in rows
+            ],
         }
 
     def pending(self) -> int:
-        row = self._db().execute("select count(*) from events where dead = 0").fetchone()
+        """Events waiting for delivery: this backend's, or all without a backend."""
+        if self._backend is None:
+            row = self._db().execute("select count(*) from events where dead = 0").fetchone()
+        else:
+            where, targets = self._mine()
+            row = (
+                self._db()
+                .execute(f"select count(*) from events where dead = 0 and {where}", targets)
+                .fetchone()
+            )
         return int(row[0]) if row else 0
 
     # ---- draining ------------------------------------------------------------------
@@ -170,20 +279,21 @@ class Outbox:
         place with a longer backoff)."""
         with self._drain_lock:
             now = time.time()
+            where, targets = self._mine(resolve=True)
             rows = (
                 self._db()
                 .execute(
-                    "select organization_id, request_id, payload, attempts from events"
-                    " where dead = 0"
+                    "select target, organization_id, request_id, payload, attempts from events"
+                    f" where dead = 0 and {where}"
                     + (" and next_attempt_at <= ?" if only_due else "")
                     + " order by created_at limit ?",
-                    (now, REPLAY_BATCH) if only_due else (REPLAY_BATCH,),
+                    (*targets, *((now,) if only_due else ()), REPLAY_BATCH),
                 )
                 .fetchall()
             )
             if not rows:
                 return 0
-            events = [UsageEvent.model_validate_json(r[2]) for r in rows]
+            events = [UsageEvent.model_validate_json(r[3]) for r in rows]
             try:
                 results = self.backend.record_usage_batch(events)
             except BackendUnavailableError as exc:
@@ -196,28 +306,26 @@ class Outbox:
             delivered = 0
             with self._db() as db:
                 for row, result in zip(rows, results, strict=True):
-                    key = (row[0], row[1])
+                    key = (row[0], row[1], row[2])
                     if isinstance(result, TrackingError):
                         # The backend failed on this event (unreachable, deadlock, a
                         # serialization failure, ...), it did not refuse it: try again later.
                         db.execute(
                             "update events set attempts = attempts + 1, next_attempt_at = ?,"
-                            " last_error = ? where organization_id = ? and request_id = ?",
-                            (time.time() + REPLAY_POLICY.backoff(row[3] + 1), str(result), *key),
+                            f" last_error = ? where {_KEY}",
+                            (time.time() + REPLAY_POLICY.backoff(row[4] + 1), str(result), *key),
                         )
                     elif isinstance(result, QuotaflowError):
                         # A permanent refusal (unknown model, conflicting replay, invalid
                         # usage): keep it for a person to inspect instead of retrying forever.
-                        log.error("outbox event %s/%s refused: %s", *key, result)
+                        log.error("outbox event %s/%s refused: %s", row[1], row[2], result)
                         db.execute(
                             "update events set dead = 1, attempts = attempts + 1, last_error = ?"
-                            " where organization_id = ? and request_id = ?",
-                            (f"{type(result).__name__}: {result}", *key),
+                            f" where {_KEY}",
+                            (_refusal(result), *key),
                         )
                     else:
-                        db.execute(
-                            "delete from events where organization_id = ? and request_id = ?", key
-                        )
+                        db.execute(f"delete from events where {_KEY}", key)
                         delivered += 1
             return delivered
 
@@ -229,11 +337,11 @@ class Outbox:
 
     def _postpone(self, rows: list[Any], error: str) -> None:
         with self._db() as db:
-            for org, rid, _, attempts in rows:
+            for target, org, rid, _, attempts in rows:
                 db.execute(
-                    "update events set attempts = attempts + 1, next_attempt_at = ?,"
-                    " last_error = ? where organization_id = ? and request_id = ?",
-                    (time.time() + REPLAY_POLICY.backoff(attempts + 1), error, org, rid),
+                    f"update events set attempts = attempts + 1, next_attempt_at = ?,"
+                    f" last_error = ? where {_KEY}",
+                    (time.time() + REPLAY_POLICY.backoff(attempts + 1), error, target, org, rid),
                 )
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -21,10 +21,16 @@ def cmd_outbox_status(args: argparse.Namespace) -> int:
     status = box.status()
     if args.json:
         print_json(status)
-    else:
-        width = max(len(k) for k in status)
-        for key, value in status.items():
-            print(f"{key.ljust(width)}  {fmt(value)}")
+        return 0
+    targets = status.pop("targets")
+    width = max(len(k) for k in status)
+    for key, value in status.items():
+        print(f"{key.ljust(width)}  {fmt(value)}")
+    for t in targets:  # one line per database the events are meant for
+        print(
+            f"  {t['target']}: {t['pending']} pending, {t['dead']} dead"
+            f", oldest {fmt(t['oldest_age_seconds'])} s"
+        )
     return 0
 
 
@@ -42,15 +48,19 @@ def cmd_outbox_flush(args: argparse.Namespace) -> int:
         PostgresBackend(url, max_size=2, timeout=wait) if url else HttpBackend(timeout=wait)
     )
     box = Outbox(backend, args.path)
+    box.claim_unbound = args.claim_unbound
     before = box.pending()
     try:
         drained = box.flush(args.timeout)
         left = box.pending()
+        others = sum(t["pending"] for t in box.status()["targets"] if not t["mine"])
         if not left:
             box.close(timeout=0)  # nothing left to drain: just stops and closes
     finally:
         backend.close()
     print(f"delivered {before - left} event(s); {left} still pending")
+    if others:
+        print(f"{others} event(s) for other databases left alone (see: quotaflow outbox status)")
     if not drained:
         raise CliError(f"{left} event(s) could not be delivered within {args.timeout:g} s")
     return 0
@@ -65,3 +75,6 @@ def register(sub: Any) -> None:
     p = add_command(osub, "flush", "deliver every pending event now", cmd_outbox_flush)
     p.add_argument("--path", help="outbox file (default: $QUOTAFLOW_OUTBOX_PATH or ~/.quotaflow)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to keep trying")
+    p.add_argument("--claim-unbound", action="store_true",
+                   help="also deliver events an older quotaflow stored without naming their"
+                        " database, to this one")  # fmt: skip

@@ -23,7 +23,6 @@ source file once per target.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import flask
@@ -263,7 +261,7 @@ def runtime(settings: Settings) -> Runtime:
         rt = _runtimes.get(url)
         if rt is None:
             backend = PostgresBackend(url)
-            outbox = settings.outbox_path or _outbox_path(url)
+            outbox = settings.outbox_path or default_outbox_path()
             rt = _runtimes[url] = Runtime(
                 backend,
                 Tracker(backend=backend, outbox=outbox, providers=_provider_client()),
@@ -291,12 +289,6 @@ def _provider_client() -> Any:
             if url:
                 urls[provider] = str(url)
     return ProviderClient(api_keys=keys, base_urls=urls)
-
-
-def _outbox_path(database_url: str) -> Path:
-    """One outbox per database, so a process serving several never replays into the wrong one."""
-    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-    return default_outbox_path().with_name(f"functions-{digest}.sqlite3")
 
 
 def close_runtimes() -> None:
