@@ -608,6 +608,161 @@ def test_kill_9_with_a_full_outbox_then_a_new_process_drains_it(
 
 
 # ---------------------------------------------------------------------------------------
+# 2b. SIGKILL at random instants of 200 calls, the database down and restarted meanwhile
+# ---------------------------------------------------------------------------------------
+
+WORKER = r"""
+import json, queue, sys, threading
+from quotaflow.backends import PostgresBackend
+from quotaflow.errors import BackendUnavailableError, QuotaflowError
+from quotaflow.providers import ProviderClient, RetryPolicy
+from quotaflow.tracker import Tracker
+
+a = json.loads(sys.argv[1])
+tracker = Tracker(
+    PostgresBackend(a["db_url"], max_size=4, timeout=1.0, connect_timeout=1.0),
+    providers=ProviderClient(api_keys=a["keys"], base_urls=a["urls"],
+                             retry=RetryPolicy(max_attempts=1)),
+    outbox=a["outbox"],
+)
+todo = queue.Queue()
+for i in a["indices"]:
+    todo.put(i)
+lock = threading.Lock()
+
+def work():
+    while True:
+        try:
+            i = todo.get_nowait()
+        except queue.Empty:
+            return
+        with lock:
+            print(i, flush=True)  # started: the next process never repeats it
+        provider, api, model = a["kinds"][i % len(a["kinds"])]
+        rid = f"kill-{i}"
+        try:
+            tracker.execute_with_tracking(
+                {"provider": provider, "api": api, "model": model, "max_tokens": 16,
+                 "messages": [{"role": "user", "content": f"call {i}"}],
+                 "extra": {"metadata": {"qf_request_id": rid}}},
+                {"organization_id": a["org"], "request_id": rid},
+            )
+        except BackendUnavailableError:
+            pass  # refused at reserve (fail closed): never sent
+        except QuotaflowError as exc:
+            print(f"error {i} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("done", flush=True)
+threading.Event().wait(600)  # killed here at the latest
+"""
+
+IN_TRANSIT = 0.05
+"""Seconds before a kill in which an answer may have left the fake provider without having
+reached the tracker (and every answer written after the kill, to a process already gone): no
+code of the client can keep what it never received."""
+
+
+def test_sigkill_at_random_instants_with_the_database_down_and_back_loses_no_answered_call(
+    private_pg: PrivatePostgres, private_db: str, tmp_path: Path
+) -> None:
+    """200 calls from processes killed (SIGKILL) at random instants, while the database is
+    stopped and restarted under them; a successor drains the outbox. Every call whose answer
+    the tracker could have received is logged exactly once; the quotas equal the logged
+    costs. Only an answer still on the wire at a kill may be missing (it never arrived)."""
+    rng = random.Random(int(os.environ.get("QUOTAFLOW_FAULT_SEED", "20261202")))
+    org = make_org(private_db, "Sigkill")
+    outbox = tmp_path / "outbox.db"
+    remaining = list(range(200))
+    kills: list[float] = []
+    rounds = outages = 0
+    with FakeProviderServer(usage=USAGE, latency=0.05) as fake:
+        while remaining:
+            rounds += 1
+            assert rounds <= 40, "the workers make no progress"
+            args = {
+                "db_url": private_db, "org": org, "outbox": str(outbox), "indices": remaining,
+                "keys": API_KEYS, "urls": base_urls(fake), "kinds": KINDS,
+            }  # fmt: skip
+            worker = subprocess.Popen(
+                [sys.executable, "-c", WORKER, json.dumps(args)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            started_at = time.monotonic()
+            life = rng.uniform(0.4, 1.5)
+            outage = private_pg.running and rounds > 1 and rng.random() < 0.4
+            try:
+                if outage:  # the database goes away mid-round, and comes back in the next
+                    outages += 1
+                    time.sleep(rng.uniform(0.2, life))
+                    private_pg.stop(rng.choice(["fast", "immediate"]))
+                time.sleep(max(0.0, started_at + life - time.monotonic()))
+                kills.append(time.monotonic())
+                os.kill(worker.pid, signal.SIGKILL)
+                out, err = worker.communicate(timeout=30)
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+            assert "Traceback" not in err, err[-3000:]
+            started = {int(line) for line in out.split() if line.isdigit()}
+            remaining = [i for i in remaining if i not in started]
+            if not private_pg.running and (rng.random() < 0.5 or not remaining):
+                private_pg.start()
+        private_pg.ensure_running()
+        answered = {
+            str(r.body["metadata"]["qf_request_id"]): (r.received_at, r.answered_at)
+            for r in fake.requests
+            if r.answered_at is not None and isinstance(r.body, dict)
+        }
+
+    def on_the_wire_at_a_kill(received: float, answered_at: float) -> bool:
+        # The kill of the process that sent it came before its answer could be read.
+        kill = next(k for k in kills if k >= received)
+        return answered_at > kill - IN_TRANSIT
+
+    with sqlite3.connect(outbox) as raw:
+        left = raw.execute("select count(*) from events").fetchone()[0]
+    drained = subprocess.run(
+        [sys.executable, "-c", DRAIN, json.dumps({"db_url": private_db, "outbox": str(outbox)})],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert drained.returncode == 0, drained.stderr[-3000:]
+    assert json.loads(drained.stdout) == {"flushed": True}
+    with sqlite3.connect(outbox) as raw:
+        kept = raw.execute("select target, request_id, dead, last_error from events").fetchall()
+        assert kept == [], kept[:5]
+
+    with _connect(private_db) as conn:
+        ids = logged_ids(conn, org)
+        assert not [rid for rid, n in Counter(ids).items() if n > 1], "a call logged twice"
+        assert set(ids) <= set(answered), "a logged call the provider never answered"
+        lost = set(answered) - set(ids)
+        on_the_wire = {rid for rid in lost if on_the_wire_at_a_kill(*answered[rid])}
+        after_kill = {
+            rid
+            for rid in on_the_wire
+            if answered[rid][1] > next(k for k in kills if k >= answered[rid][0])
+        }
+        assert lost == on_the_wire, f"{len(lost - on_the_wire)} answered calls were lost"
+        assert_totals(conn, org, set(ids))
+    assert len(kills) >= 3 and len(answered) >= 100, (len(kills), len(answered))
+    logging.getLogger(__name__).warning(
+        "sigkill run: %d processes killed, %d outages, %d calls answered, %d logged (%d by the"
+        " successor's drain), %d on the wire at a kill (%d of them answered after the kill)",
+        len(kills), outages, len(answered), len(ids), left, len(on_the_wire), len(after_kill),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
 # 3. Every settle event replayed 3x, shuffled, changes nothing
 # ---------------------------------------------------------------------------------------
 

@@ -262,7 +262,7 @@ class Outbox:
         if self._backend is None:
             row = self._db().execute("select count(*) from events where dead = 0").fetchone()
         else:
-            where, targets = self._mine()
+            where, targets = self._mine(resolve=True)
             row = (
                 self._db()
                 .execute(f"select count(*) from events where dead = 0 and {where}", targets)

@@ -121,6 +121,9 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float = field(default_factory=time.monotonic)
+    answered_at: float | None = None
+    """``time.monotonic()`` when a 2xx answer was written whole (None: an error, or the client
+    was gone)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +529,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._route = route
         fake = self.server.fake
         headers = {k.lower(): v for k, v in self.headers.items()}
-        outcome = fake._record(RecordedRequest(route, self.path, headers, body))
+        recorded = RecordedRequest(route, self.path, headers, body)
+        outcome = fake._record(recorded)
         usage, text, latency, delay, truncated = fake._snapshot()
         wait = latency if outcome.latency is None else outcome.latency
         if wait:
@@ -550,6 +554,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._gemini(route, sse, model, usage, text, truncated, outcome, delay)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        else:
+            if outcome.kind == "ok":
+                recorded.answered_at = time.monotonic()
 
     # -- OpenAI / xAI Chat Completions ----------------------------------
 
