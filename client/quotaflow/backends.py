@@ -371,9 +371,11 @@ class PostgresBackend:
         return (self._db_target, by_url) if self._db_target else (by_url,)
 
     def resolve_targets(self) -> tuple[str, ...]:
-        if self._db_target is None:
+        if self._db_target is None and self._pool is None:
+            # One direct connection, never a pool: the outbox's replayer calls this, also
+            # while the tracker closes.
             with contextlib.suppress(QuotaflowError):  # unreachable: the URL target for now
-                self._get_pool()
+                self._probe()
         return self.targets
 
     def _probe(self) -> None:

@@ -122,10 +122,24 @@ class Outbox:
         """True: this outbox also delivers the events of an older quotaflow that were stored
         without a target (the user named their database)."""
 
+    def _others_pending(self, targets: list[str]) -> bool:
+        row = (
+            self._db()
+            .execute(
+                "select exists (select 1 from events where dead = 0 and target not in"
+                f" ({', '.join('?' * len(targets))}))",
+                targets,
+            )
+            .fetchone()
+        )
+        return bool(row and row[0])
+
     def _mine(self, resolve: bool = False) -> tuple[str, list[str]]:
         """A ``target in (...)`` condition for the backend's targets, and its parameters;
         ``resolve`` connects first if that is what it takes to know them all."""
-        targets = list(self.backend.resolve_targets() if resolve else self.backend.targets)
+        targets = list(self.backend.targets)
+        if resolve and self._others_pending(targets):
+            targets = list(self.backend.resolve_targets())
         if self.claim_unbound:
             targets.append(UNBOUND)
         return f"target in ({', '.join('?' * len(targets))})", targets

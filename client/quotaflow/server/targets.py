@@ -663,7 +663,7 @@ def _invalid_response(exc: Exception) -> QuotaflowError:
 
 
 @functions_framework.http
-@endpoint(Op("POST", body=ReserveBody, response=Reservation), errors=(404, 422, 429))
+@endpoint(Op("POST", body=ReserveBody, response=Reservation), errors=(404, 409, 422, 429))
 def reserve(call: Call) -> Reply:
     """Holds a call's upper-bound estimate on every applicable quota, or 429."""
     b: ReserveBody = call.body
