@@ -754,7 +754,7 @@ def test_sigkill_at_random_instants_with_the_database_down_and_back_loses_no_ans
         }
         assert lost == on_the_wire, f"{len(lost - on_the_wire)} answered calls were lost"
         assert_totals(conn, org, set(ids))
-    assert len(kills) >= 3 and len(answered) >= 100, (len(kills), len(answered))
+    assert len(kills) >= 3 and len(answered) >= 50, (len(kills), len(answered))
     logging.getLogger(__name__).warning(
         "sigkill run: %d processes killed, %d outages, %d calls answered, %d logged (%d by the"
         " successor's drain), %d on the wire at a kill (%d of them answered after the kill)",

@@ -410,7 +410,7 @@ class Outbox:
             self._wake.set()
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(timeout=5)
+            thread.join(timeout=15)  # a replay in flight ends within its connect and pool waits
         with self._state_lock:
             connections, self._connections = self._connections, []
         for db in connections:
