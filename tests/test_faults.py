@@ -393,6 +393,8 @@ def test_fault_run_records_every_call_that_reached_the_provider_once(
     after flush, log rows == calls that reached the provider, no duplicates, quotas exact."""
     caplog.set_level(logging.ERROR, logger="psycopg")  # thousands of "discarding closed ..."
     org = make_org(private_db)
+    # Earlier tests' trackers may still own replayers; only this run's count.
+    earlier = {t for t in threading.enumerate() if t.name == "quotaflow-outbox"}
     started = time.monotonic()
     outcomes: dict[str, str] = {}
     errors: list[BaseException] = []
@@ -448,7 +450,9 @@ def test_fault_run_records_every_call_that_reached_the_provider_once(
         tracker.close()
         providers.close()
         reached = provider_tags(fake)
-    replayers = [t for t in threading.enumerate() if t.name == "quotaflow-outbox"]
+    replayers = [
+        t for t in threading.enumerate() if t.name == "quotaflow-outbox" and t not in earlier
+    ]
     assert not replayers, "close() left outbox replayer threads running"
 
     counts = Counter(outcomes.values())
