@@ -33,6 +33,8 @@ TARGET = ROOT / "client" / "quotaflow" / "_sync"
 NAMES = {
     "AsyncTracker": "Tracker",
     "AsyncTrackedStream": "TrackedStream",
+    "AsyncTrackedSdkStream": "TrackedSdkStream",
+    "AsyncTrackedSdkManager": "TrackedSdkManager",
     "AsyncProviderClient": "ProviderClient",
     "AsyncProviderStream": "ProviderStream",
     "AsyncIterator": "Iterator",

@@ -42,13 +42,24 @@ from .models import (
     UsageRecord,
 )
 from .reports.analytics import AggregatedUsage, QuotaAlert, UsageFilters
-from .tracker import AsyncTrackedStream, AsyncTracker, TrackedStream, Tracker
+from .tracker import (
+    AsyncTrackedSdkManager,
+    AsyncTrackedSdkStream,
+    AsyncTrackedStream,
+    AsyncTracker,
+    TrackedSdkManager,
+    TrackedSdkStream,
+    TrackedStream,
+    Tracker,
+)
 from .usage import extract_usage
 
 __all__ = [
     "AIModelRequest",
     "AIModelResponse",
     "AggregatedUsage",
+    "AsyncTrackedSdkManager",
+    "AsyncTrackedSdkStream",
     "AsyncTrackedStream",
     "AsyncTracker",
     "AuthorizationError",
@@ -66,6 +77,8 @@ __all__ = [
     "QuotaExceededError",
     "QuotaStatus",
     "QuotaflowError",
+    "TrackedSdkManager",
+    "TrackedSdkStream",
     "TrackedStream",
     "Tracker",
     "TrackingError",

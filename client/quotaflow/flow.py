@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -40,12 +40,13 @@ from .models import (
     Usage,
     UsageEvent,
     UsageRecord,
+    normalise_provider,
 )
 from .outbox import Outbox, default_outbox_path
 from .providers import get_adapter
 from .reports.analytics import AlertsMixin
 from .tokens import count_message_tokens
-from .usage import extract_usage
+from .usage import UsageAccumulator, extract_usage, to_plain
 
 log = logging.getLogger("quotaflow")
 
@@ -260,7 +261,19 @@ def _open_stream_flow(call: _Call) -> Flow[Any]:
         raise
 
 
-def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecord]]:
+def _sdk_error(call: _Call, exc: BaseException) -> ProviderError:
+    """An SDK's exception as the ProviderError its failure row records."""
+    if isinstance(exc, ProviderError):
+        return exc
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    return ProviderError(
+        str(exc), provider=call.request.provider, status=status if isinstance(status, int) else None
+    )
+
+
+def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecord | None]]:
+    """Runs the app's own SDK call under a reservation. A stream comes back with no record:
+    the driver wraps it, and the wrapper settles when the stream ends."""
     reservation: Reservation = yield _Reserve(call)
     if reservation.status == "recorded":
         raise ValidationError(
@@ -270,19 +283,94 @@ def _wrap_flow(call: _Call, fn: Callable[[], Any]) -> Flow[tuple[Any, UsageRecor
     try:
         raw = yield _UserCall(fn)
     except BaseException as exc:
-        status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
-        err = ProviderError(
-            str(exc),
-            provider=call.request.provider,
-            status=status if isinstance(status, int) else None,
-        )
-        yield _Settle(_event(call, usage=Usage(), success=False, error=err))
+        yield _Settle(_event(call, usage=Usage(), success=False, error=_sdk_error(call, exc)))
         raise
-    usage = extract_usage(call.request.provider, raw)
+    if is_sdk_stream(raw):
+        return raw, None
     record: UsageRecord = yield _Settle(
-        _event(call, usage=usage, success=True, finish_reason=_finish_reason(raw))
+        _event(
+            call, usage=_wrapped_usage(call, raw), success=True, finish_reason=_finish_reason(raw)
+        )
     )
     return raw, record
+
+
+def _wrapped_usage(call: _Call, raw: Any) -> Usage:
+    """The usage the response reports, else an estimate flagged ``estimated=True`` (the
+    provider answered and billed: the hold is settled either way)."""
+    provider = call.request.provider
+    try:
+        return extract_usage(provider, raw)
+    except ValidationError as exc:
+        log.warning("request %s: %s; recording an estimate", call.request_id, exc)
+    text = ""
+    data = to_plain(raw)
+    if isinstance(data, Mapping):
+        try:
+            text = get_adapter(provider, call.request.api)._extract(data)[0]
+        except Exception:  # an unfamiliar shape: the estimate counts no output text
+            text = ""
+    return UsageAccumulator(provider).result(
+        output_text=text, prompt_tokens_estimate=call.prompt_tokens
+    )
+
+
+ASYNC_STREAM_GIVEN = "an async SDK stream or manager: wrap it with AsyncTracker"
+
+
+def is_sdk_stream(raw: Any) -> bool:
+    """An SDK stream (an iterator of events) or stream manager (a context manager that opens
+    one), as opposed to a whole response."""
+    if isinstance(raw, (Mapping, str, bytes, bytearray, Sequence)) or hasattr(raw, "model_dump"):
+        return False
+    return any(hasattr(raw, n) for n in ("__next__", "__anext__", "__enter__", "__aenter__"))
+
+
+class SdkStreamTap:
+    """What a wrapped SDK stream delivered: each event (SDK object or dict) folded into the
+    provider's usage and the text received, so that it settles from the provider's own final
+    usage, or from a flagged estimate when the stream was abandoned, cut or carried none."""
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.provider = call.request.provider
+        self._adapter = get_adapter(self.provider, call.request.api)
+        self._usage = UsageAccumulator(self.provider)
+        self._parts: list[str] = []
+        self._finish_reason: str | None = None
+        self.settled = False
+
+    def feed(self, event: Any) -> None:
+        data = to_plain(event)
+        if not isinstance(data, Mapping):
+            return
+        self._usage.add(data)
+        kind = data.get("type")
+        if isinstance(kind, str) and kind.startswith("response.") and self._adapter.api == "chat":
+            self._adapter = get_adapter(self.provider, "responses")
+        try:
+            update = self._adapter.parse_stream_event(data, kind if isinstance(kind, str) else None)
+        except Exception:  # the SDK raises its own in-stream errors; text is best effort
+            return
+        if update.text:
+            self._parts.append(update.text)
+        if update.finish_reason:
+            self._finish_reason = update.finish_reason
+
+    def event(self, error: BaseException | None) -> UsageEvent:
+        """The settle event: the stream ended (``error`` None) or broke with ``error``."""
+        usage = self._usage.result(
+            output_text="".join(self._parts), prompt_tokens_estimate=self.call.prompt_tokens
+        )
+        if error is None:
+            return _event(self.call, usage=usage, success=True, finish_reason=self._finish_reason)
+        return _event(
+            self.call,
+            usage=usage,
+            success=False,
+            finish_reason=self._finish_reason,
+            error=_sdk_error(self.call, error),
+        )
 
 
 def _finish_reason(raw: Any) -> str | None:
@@ -312,17 +400,112 @@ _EMPTY_PROMPT = [{"role": "user", "content": ""}]
 def _wrap_call(
     context: ExecutionContext | dict[str, Any],
     provider: str,
-    model: str,
+    model: str | None,
     messages: Sequence[Any],
     max_tokens: int | None,
+    params: Mapping[str, Any] | None = None,
 ) -> _Call:
-    request = {
-        "provider": provider,
-        "model": model,
-        "max_tokens": max_tokens,
-        "messages": list(messages) or _EMPTY_PROMPT,
-    }
-    return _prepare(request, context)
+    if params is None:
+        if not model:
+            raise ValidationError("model is required (or pass the call's params=)", field="model")
+        request = {
+            "provider": provider,
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": list(messages) or _EMPTY_PROMPT,
+        }
+        return _prepare(request, context)
+    if not isinstance(params, Mapping):
+        raise ValidationError("params must be the SDK call's keyword arguments", field="params")
+    plain = {str(k): _sdk_plain(v) for k, v in params.items()}
+    model = model or plain.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationError("params has no model", field="params.model")
+    p = normalise_provider(provider) if isinstance(provider, str) else provider
+    api = "responses" if p in ("openai", "xai") and "input" in plain else "chat"
+    cap, extra = _sdk_output_fields(p, api, plain)
+    call = _prepare(
+        {
+            "provider": p,
+            "model": model,
+            "api": api,
+            "max_tokens": max_tokens or cap,
+            "messages": _EMPTY_PROMPT,
+            "extra": extra,
+        },
+        context,
+    )
+    call.prompt_tokens = count_message_tokens(p, model, _sdk_prompt(plain))
+    return call
+
+
+def _sdk_plain(value: Any) -> Any:
+    """An SDK call's argument with its SDK objects (pydantic models) as plain dicts."""
+    if isinstance(value, list):
+        return [_sdk_plain(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json", exclude_none=True) if callable(dump) else value
+
+
+def _sdk_output_fields(
+    provider: str, api: str, params: Mapping[str, Any]
+) -> tuple[int | None, dict[str, Any]]:
+    """The output cap an SDK call sets, and the request fields that multiply it, in the REST
+    body's terms (what :meth:`Adapter.output_bound` reads)."""
+
+    def cap_of(source: Mapping[str, Any], *fields: str) -> Any:
+        values = [source[f] for f in fields if source.get(f) is not None]
+        if len(values) > 1 and all(type(v) is int for v in values):
+            return max(values)  # OpenAI's max_completion_tokens beside a legacy max_tokens
+        return values[0] if values else None  # a bad value is refused naming max_tokens
+
+    if provider == "google":
+        config = params.get("config")
+        config = config if isinstance(config, Mapping) else {}
+        choices = config.get("candidate_count", config.get("candidateCount"))
+        extra = {} if choices is None else {"generationConfig": {"candidateCount": choices}}
+        return cap_of(config, "max_output_tokens", "maxOutputTokens"), extra
+    if provider == "anthropic" or api == "responses":
+        return cap_of(params, "max_tokens" if provider == "anthropic" else "max_output_tokens"), {}
+    extra = {f: params[f] for f in ("n", "best_of") if params.get(f) is not None}
+    return cap_of(params, "max_completion_tokens", "max_tokens"), extra
+
+
+def _sdk_prompt(params: Mapping[str, Any]) -> list[Any]:
+    """The prompt of an SDK call's keyword arguments as messages, for the token estimate."""
+    prompt: list[Any] = []
+    config = params.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    for system in (
+        params.get("system"),
+        params.get("instructions"),
+        config.get("system_instruction"),
+    ):
+        if system:
+            prompt.append({"role": "system", "content": _texts(system)})
+    for key in ("messages", "input", "contents"):
+        value = params.get(key)
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        for item in items:
+            if isinstance(item, Mapping) and "content" in item and "role" in item:
+                prompt.append(item)
+            else:
+                prompt.append({"role": "user", "content": _texts(item)})
+    return prompt or _EMPTY_PROMPT
+
+
+def _texts(value: Any) -> str:
+    """Every text inside a prompt value (strings, parts, contents), joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return " ".join(_texts(v) for k, v in value.items() if k in _TEXT_KEYS)
+    if isinstance(value, list):
+        return " ".join(_texts(v) for v in value)
+    return ""
+
+
+_TEXT_KEYS = ("text", "content", "parts", "input", "output")
 
 
 def _track_event(
@@ -560,8 +743,6 @@ class TrackerBase(AlertsMixin):
     # ---- read-only helpers, identical for both trackers ----
 
     def _estimate_args(self, provider: str, model: str, messages: Sequence[Any]) -> tuple[str, int]:
-        from .models import normalise_provider
-
         provider = normalise_provider(provider)
         plain = [m.model_dump() if hasattr(m, "model_dump") else m for m in messages]
         return provider, count_message_tokens(provider, model, plain)

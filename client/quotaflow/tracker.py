@@ -7,15 +7,24 @@ shell that runs it is written once too, async (``quotaflow/_async/tracker.py``);
 
 from __future__ import annotations
 
-from ._async.tracker import AsyncTrackedStream, AsyncTracker
-from ._sync.tracker import TrackedStream, Tracker
+from ._async.tracker import (
+    AsyncTrackedSdkManager,
+    AsyncTrackedSdkStream,
+    AsyncTrackedStream,
+    AsyncTracker,
+)
+from ._sync.tracker import TrackedSdkManager, TrackedSdkStream, TrackedStream, Tracker
 from .flow import DEFAULT_MAX_TOKENS, DEFAULT_RESERVATION_TTL, UsageCallback
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_RESERVATION_TTL",
+    "AsyncTrackedSdkManager",
+    "AsyncTrackedSdkStream",
     "AsyncTrackedStream",
     "AsyncTracker",
+    "TrackedSdkManager",
+    "TrackedSdkStream",
     "TrackedStream",
     "Tracker",
     "UsageCallback",

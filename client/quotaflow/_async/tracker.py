@@ -4,25 +4,32 @@ when async: the pool is thread-safe)."""
 
 from __future__ import annotations
 
+import functools
 import inspect  # async-only
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any, overload
 
 from quotaflow._async._compat import to_thread
-from quotaflow.errors import ProviderError
+from quotaflow._sync.tracker import TrackedSdkManager, TrackedSdkStream  # async-only
+from quotaflow.errors import ProviderError, ValidationError
 from quotaflow.flow import (
+    ASYNC_STREAM_GIVEN,
     Flow,
+    SdkStreamTap,
     StreamBase,
     T,
     TrackerBase,
+    _Call,
     _execute_flow,
     _failure_event,
     _open_stream_flow,
     _prepare,
     _Provider,
+    _Release,
     _Step,
     _track_event,
     _UserCall,
@@ -51,6 +58,8 @@ from quotaflow.reports.analytics import (
     get_alerts,
     get_records,
 )
+
+log = logging.getLogger("quotaflow")
 
 
 class AsyncTracker(TrackerBase):
@@ -118,17 +127,44 @@ class AsyncTracker(TrackerBase):
     async def wrap_with_tracking(
         self,
         context: ExecutionContext | dict[str, Any],
-        call: Callable[[], Awaitable[T]],
+        call: Callable[..., Any],
         *,
         provider: str,
-        model: str,
+        model: str | None = None,
         messages: Sequence[Any] = (),
         max_tokens: int | None = None,
-    ) -> T:
-        """Runs the app's own SDK call under a reservation and records what it used."""
-        tracked = _wrap_call(context, provider, model, messages, max_tokens)
-        raw, _ = await self._run(_wrap_flow(tracked, call))
-        return raw  # type: ignore[no-any-return]
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Runs the app's own SDK call under a reservation and records what it used.
+
+        ``call()`` is run as given, with ``model``/``messages``/``max_tokens`` describing it for
+        the reservation; or ``call(**params)`` with the SDK call's keyword arguments, from which
+        the model, the prompt and the output cap (``max_tokens``, ``max_completion_tokens``,
+        ``max_output_tokens``, ``config.max_output_tokens``, times ``n``/``candidate_count``)
+        are read. A whole response is settled at once from its usage (an estimate, flagged,
+        when it reports none). A stream (``stream=True``, google-genai's
+        ``generate_content_stream``) comes back as an :class:`AsyncTrackedSdkStream` iterated
+        like the SDK's own; a stream manager (anthropic's ``messages.stream()``, openai's
+        ``.stream()`` helpers) as an :class:`AsyncTrackedSdkManager`. Those settle when the
+        stream ends, breaks, is closed or dropped.
+        """
+        tracked = _wrap_call(context, provider, model, messages, max_tokens, params)
+        run = call if params is None else functools.partial(call, **params)
+        raw, record = await self._run(_wrap_flow(tracked, run))
+        if record is not None:
+            return raw
+        if hasattr(raw, "__anext__"):
+            return AsyncTrackedSdkStream(self, tracked, raw)
+        if hasattr(raw, "__aenter__"):
+            return AsyncTrackedSdkManager(self, tracked, raw)
+        # async-only: begin
+        if hasattr(raw, "__next__"):
+            return TrackedSdkStream(self, tracked, raw)
+        if hasattr(raw, "__enter__"):
+            return TrackedSdkManager(self, tracked, raw)
+        # async-only: end
+        await to_thread(self._settle, SdkStreamTap(tracked).event(None))
+        raise ValidationError(f"{type(raw).__name__}: {ASYNC_STREAM_GIVEN}", field="call")
 
     async def track_usage(
         self,
@@ -293,3 +329,135 @@ class AsyncTrackedStream(StreamBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class AsyncTrackedSdkStream:
+    """An official SDK stream, iterated exactly as the SDK's own (its other attributes are the
+    SDK stream's). It settles once: when the stream ends (the provider's usage), breaks (a
+    failure row), is closed, its ``with`` block left or it is dropped (abandoned: an estimate
+    flagged ``estimated=True``). ``usage_record`` then holds the settled record."""
+
+    def __init__(self, tracker: TrackerBase, call: _Call, inner: Any) -> None:
+        self._tracker = tracker
+        self._inner = inner
+        self._tap = SdkStreamTap(call)
+        self.usage_record: UsageRecord | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> AsyncTrackedSdkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            event = await self._inner.__anext__()
+        except StopAsyncIteration:
+            await self._settle(None)
+            raise
+        except Exception as exc:
+            await self._settle(exc)
+            raise
+        except BaseException:  # cancelled or interrupted: abandoned
+            await self._settle(None)
+            raise
+        self._tap.feed(event)
+        return event
+
+    async def aclose(self) -> None:
+        """Closes the SDK stream (its HTTP response) and settles."""
+        try:
+            inner = self._inner
+            closer = getattr(inner, "close", None)
+            closer = getattr(inner, "aclose", None) or closer  # async-only
+            if closer is not None:
+                outcome = closer()  # sync: closer()
+                if inspect.isawaitable(outcome):  # async-only
+                    await outcome  # async-only
+        finally:
+            await self._settle(None)
+
+    # async-only: begin
+    async def close(self) -> None:
+        """The name openai's and anthropic's async streams give :meth:`aclose`."""
+        await self.aclose()
+
+    # async-only: end
+    async def __aenter__(self) -> AsyncTrackedSdkStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _settle(self, error: BaseException | None) -> None:
+        if self._tap.settled:
+            return
+        self._tap.settled = True
+        self.usage_record = await to_thread(self._tracker._settle, self._tap.event(error))
+
+    def __del__(self) -> None:
+        # Dropped unfinished and unclosed: settled here (blocking) so no hold stays pending.
+        tap = self.__dict__.get("_tap")
+        if tap is not None and not tap.settled:
+            tap.settled = True
+            try:
+                self.usage_record = self._tracker._settle(tap.event(None))
+            except Exception:
+                log.exception("could not settle abandoned stream %s", tap.call.request_id)
+
+
+class AsyncTrackedSdkManager:
+    """An SDK stream manager (anthropic's ``messages.stream()``, openai's ``.stream()``
+    helpers): ``async with`` gives the SDK's own stream object, whose raw events are tapped;
+    it settles when the stream ends or the block is left."""
+
+    def __init__(self, tracker: TrackerBase, call: _Call, manager: Any) -> None:
+        self._tracker = tracker
+        self._call = call
+        self._manager = manager
+        self._tap: AsyncTrackedSdkStream | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._manager, name)
+
+    @property
+    def usage_record(self) -> UsageRecord | None:
+        return None if self._tap is None else self._tap.usage_record
+
+    async def __aenter__(self) -> Any:
+        self._tap = tap = AsyncTrackedSdkStream(self._tracker, self._call, None)
+        try:
+            stream = await self._manager.__aenter__()
+        except Exception as exc:
+            await tap._settle(exc)
+            raise
+        # The SDK helpers (Stainless-generated) read their events from ``_raw_stream``.
+        raw = getattr(stream, "_raw_stream", None)
+        if raw is None:
+            log.warning(
+                "%s has no raw stream to read usage from; its usage will be estimated",
+                type(stream).__name__,
+            )
+            return stream
+        tap._inner = raw
+        stream._raw_stream = tap
+        return stream
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        try:
+            return await self._manager.__aexit__(*exc)
+        finally:
+            if self._tap is not None:
+                await self._tap.aclose()
+
+    def __del__(self) -> None:
+        # Never entered: the SDK sent no request, so the hold is released, not settled.
+        if self.__dict__.get("_tap") is None and "_call" in self.__dict__:
+            try:
+                self._tracker._perform_backend(_Release(self._call))
+            except Exception:
+                log.exception("could not release %s", self._call.request_id)

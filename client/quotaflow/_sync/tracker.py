@@ -6,24 +6,30 @@ when async: the pool is thread-safe)."""
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import IO, Any, overload
 
 from quotaflow._sync._compat import to_thread
-from quotaflow.errors import ProviderError
+from quotaflow.errors import ProviderError, ValidationError
 from quotaflow.flow import (
+    ASYNC_STREAM_GIVEN,
     Flow,
+    SdkStreamTap,
     StreamBase,
     T,
     TrackerBase,
+    _Call,
     _execute_flow,
     _failure_event,
     _open_stream_flow,
     _prepare,
     _Provider,
+    _Release,
     _Step,
     _track_event,
     _UserCall,
@@ -52,6 +58,8 @@ from quotaflow.reports.analytics import (
     get_alerts,
     get_records,
 )
+
+log = logging.getLogger("quotaflow")
 
 
 class Tracker(TrackerBase):
@@ -117,17 +125,38 @@ class Tracker(TrackerBase):
     def wrap_with_tracking(
         self,
         context: ExecutionContext | dict[str, Any],
-        call: Callable[[], T],
+        call: Callable[..., Any],
         *,
         provider: str,
-        model: str,
+        model: str | None = None,
         messages: Sequence[Any] = (),
         max_tokens: int | None = None,
-    ) -> T:
-        """Runs the app's own SDK call under a reservation and records what it used."""
-        tracked = _wrap_call(context, provider, model, messages, max_tokens)
-        raw, _ = self._run(_wrap_flow(tracked, call))
-        return raw  # type: ignore[no-any-return]
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Runs the app's own SDK call under a reservation and records what it used.
+
+        ``call()`` is run as given, with ``model``/``messages``/``max_tokens`` describing it for
+        the reservation; or ``call(**params)`` with the SDK call's keyword arguments, from which
+        the model, the prompt and the output cap (``max_tokens``, ``max_completion_tokens``,
+        ``max_output_tokens``, ``config.max_output_tokens``, times ``n``/``candidate_count``)
+        are read. A whole response is settled at once from its usage (an estimate, flagged,
+        when it reports none). A stream (``stream=True``, google-genai's
+        ``generate_content_stream``) comes back as an :class:`TrackedSdkStream` iterated
+        like the SDK's own; a stream manager (anthropic's ``messages.stream()``, openai's
+        ``.stream()`` helpers) as an :class:`TrackedSdkManager`. Those settle when the
+        stream ends, breaks, is closed or dropped.
+        """
+        tracked = _wrap_call(context, provider, model, messages, max_tokens, params)
+        run = call if params is None else functools.partial(call, **params)
+        raw, record = self._run(_wrap_flow(tracked, run))
+        if record is not None:
+            return raw
+        if hasattr(raw, "__next__"):
+            return TrackedSdkStream(self, tracked, raw)
+        if hasattr(raw, "__enter__"):
+            return TrackedSdkManager(self, tracked, raw)
+        to_thread(self._settle, SdkStreamTap(tracked).event(None))
+        raise ValidationError(f"{type(raw).__name__}: {ASYNC_STREAM_GIVEN}", field="call")
 
     def track_usage(
         self,
@@ -288,3 +317,126 @@ class TrackedStream(StreamBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TrackedSdkStream:
+    """An official SDK stream, iterated exactly as the SDK's own (its other attributes are the
+    SDK stream's). It settles once: when the stream ends (the provider's usage), breaks (a
+    failure row), is closed, its ``with`` block left or it is dropped (abandoned: an estimate
+    flagged ``estimated=True``). ``usage_record`` then holds the settled record."""
+
+    def __init__(self, tracker: TrackerBase, call: _Call, inner: Any) -> None:
+        self._tracker = tracker
+        self._inner = inner
+        self._tap = SdkStreamTap(call)
+        self.usage_record: UsageRecord | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __iter__(self) -> TrackedSdkStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            event = self._inner.__next__()
+        except StopIteration:
+            self._settle(None)
+            raise
+        except Exception as exc:
+            self._settle(exc)
+            raise
+        except BaseException:  # cancelled or interrupted: abandoned
+            self._settle(None)
+            raise
+        self._tap.feed(event)
+        return event
+
+    def close(self) -> None:
+        """Closes the SDK stream (its HTTP response) and settles."""
+        try:
+            inner = self._inner
+            closer = getattr(inner, "close", None)
+            if closer is not None:
+                closer()
+        finally:
+            self._settle(None)
+
+    def __enter__(self) -> TrackedSdkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _settle(self, error: BaseException | None) -> None:
+        if self._tap.settled:
+            return
+        self._tap.settled = True
+        self.usage_record = to_thread(self._tracker._settle, self._tap.event(error))
+
+    def __del__(self) -> None:
+        # Dropped unfinished and unclosed: settled here (blocking) so no hold stays pending.
+        tap = self.__dict__.get("_tap")
+        if tap is not None and not tap.settled:
+            tap.settled = True
+            try:
+                self.usage_record = self._tracker._settle(tap.event(None))
+            except Exception:
+                log.exception("could not settle abandoned stream %s", tap.call.request_id)
+
+
+class TrackedSdkManager:
+    """An SDK stream manager (anthropic's ``messages.stream()``, openai's ``.stream()``
+    helpers): ``with`` gives the SDK's own stream object, whose raw events are tapped;
+    it settles when the stream ends or the block is left."""
+
+    def __init__(self, tracker: TrackerBase, call: _Call, manager: Any) -> None:
+        self._tracker = tracker
+        self._call = call
+        self._manager = manager
+        self._tap: TrackedSdkStream | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._manager, name)
+
+    @property
+    def usage_record(self) -> UsageRecord | None:
+        return None if self._tap is None else self._tap.usage_record
+
+    def __enter__(self) -> Any:
+        self._tap = tap = TrackedSdkStream(self._tracker, self._call, None)
+        try:
+            stream = self._manager.__enter__()
+        except Exception as exc:
+            tap._settle(exc)
+            raise
+        # The SDK helpers (Stainless-generated) read their events from ``_raw_stream``.
+        raw = getattr(stream, "_raw_stream", None)
+        if raw is None:
+            log.warning(
+                "%s has no raw stream to read usage from; its usage will be estimated",
+                type(stream).__name__,
+            )
+            return stream
+        tap._inner = raw
+        stream._raw_stream = tap
+        return stream
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._manager.__exit__(*exc)
+        finally:
+            if self._tap is not None:
+                self._tap.close()
+
+    def __del__(self) -> None:
+        # Never entered: the SDK sent no request, so the hold is released, not settled.
+        if self.__dict__.get("_tap") is None and "_call" in self.__dict__:
+            try:
+                self._tracker._perform_backend(_Release(self._call))
+            except Exception:
+                log.exception("could not release %s", self._call.request_id)
