@@ -2,14 +2,18 @@
 
 The same ProviderClient calls the fake provider (its own process, on loopback) bare and through
 a Tracker, in alternating pairs so noise lands on both; the figure is the distribution of
-(tracked - bare) over the pairs. Backends: Postgres (psycopg pool) and HTTP (the functions
-server in its own process, with a service-role key).
+(tracked - bare) over the pairs. Backends: Postgres (psycopg pool) without the outbox, the
+same with the default outbox (each settle fsynced to a local SQLite file before the database is
+tried: what a Tracker does unless told ``outbox=False``), and HTTP (the functions server in its
+own process, with a service-role key).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -50,9 +54,11 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def _added(backend: Backend, client: ProviderClient, pairs: int) -> tuple[list[float], list[float]]:
+def _added(
+    backend: Backend, client: ProviderClient, pairs: int, outbox: Path | bool
+) -> tuple[list[float], list[float]]:
     """(tracked - bare, bare) in ms for each pair, after a warm-up."""
-    tracker = Tracker(backend=backend, providers=client, outbox=False)
+    tracker = Tracker(backend=backend, providers=client, outbox=outbox)
     try:
         def bare() -> None:
             client.complete(REQUEST)
@@ -81,15 +87,18 @@ def run(url: str, fake_url: str, functions: tuple[str, str] | None, *, pairs: in
     base_urls = {"openai": f"{fake_url}/v1", "xai": f"{fake_url}/v1",
                  "anthropic": fake_url, "google": fake_url}
     keys = {"openai": PROVIDER_KEYS["OPENAI_API_KEY"]}
-    backends: list[tuple[str, Callable[[], Backend], float]] = [
-        ("Postgres backend", lambda: PostgresBackend(url, max_size=2), 2.0),
+    scratch = Path(tempfile.mkdtemp(prefix="qf-bench-outbox-"))
+    backends: list[tuple[str, Callable[[], Backend], float, Path | bool]] = [
+        ("Postgres backend", lambda: PostgresBackend(url, max_size=2), 2.0, False),
+        ("Postgres backend, default outbox", lambda: PostgresBackend(url, max_size=2), 2.0,
+         scratch / "outbox.sqlite3"),
     ]
     if functions is not None:
-        backends.append(("HTTP backend", lambda: HttpBackend(*functions), 6.0))
+        backends.append(("HTTP backend", lambda: HttpBackend(*functions), 6.0, False))
     rows = []
     with ProviderClient(api_keys=keys, base_urls=base_urls) as client:
-        for label, make, limit in backends:
-            diffs, bares = _added(make(), client, pairs)
+        for label, make, limit, outbox in backends:
+            diffs, bares = _added(make(), client, pairs, outbox)
             bare50, bare99 = median(bares), percentile(bares, 99)
             for p, bare_p, target in ((50, bare50, ("value", "<=", limit)), (99, bare99, None)):
                 added = median(diffs) if p == 50 else percentile(diffs, p)
@@ -105,6 +114,8 @@ def run(url: str, fake_url: str, functions: tuple[str, str] | None, *, pairs: in
                     why=("reserve then settle: two round trips, each running its SQL function"
                          " (see the part 1 profile) and a synchronous commit, plus the"
                          " client's own work (pydantic, psycopg)"
+                         + ("; and the settle's fsynced outbox insert and its delete"
+                            if outbox else "")
                          if label.startswith("Postgres") else
                          "two HTTP round trips (reserve, track) through werkzeug, Flask and"
                          " pydantic, each also running the SQL"),

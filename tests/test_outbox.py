@@ -146,6 +146,33 @@ def test_put_is_durable_and_once_per_request_id(tmp_path: Path, down: PostgresBa
         box.close(timeout=0)
 
 
+def test_a_settle_acknowledged_within_the_commit_window_never_reaches_the_disk(
+    tmp_path: Path, down: PostgresBackend
+) -> None:
+    """put_soon queues the event; when its acknowledge follows within the group-commit
+    window neither is written. One that waits is committed, then deleted by its ack; one
+    deferred stays."""
+    path = tmp_path / "outbox.db"
+    box = Outbox(down, path)
+    try:
+        org = str(uuid.uuid4())
+        fast, slow, deferred = event(org), event(org), event(org)
+        box.put_soon(fast, in_flight=True)
+        box.acknowledge(fast)
+        box.put_soon(slow, in_flight=True).wait()
+        box.put_soon(deferred, in_flight=True).wait()
+        with sqlite3.connect(path) as raw:
+            on_disk = {r[0] for r in raw.execute("select request_id from events")}
+        assert on_disk == {slow.request_id, deferred.request_id}
+        box.acknowledge(slow)
+        box.defer(deferred, "database unavailable")
+    finally:
+        box.close(timeout=0)
+    with sqlite3.connect(path) as raw:
+        rows = raw.execute("select request_id from events").fetchall()
+    assert rows == [(deferred.request_id,)]
+
+
 def test_status_reports_counts_age_and_last_error(tmp_path: Path, down: PostgresBackend) -> None:
     box = Outbox(down, tmp_path / "outbox.db")
     try:

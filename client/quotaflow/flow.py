@@ -687,22 +687,25 @@ class TrackerBase(AlertsMixin):
     def _settle(self, event: UsageEvent) -> UsageRecord:
         if not self._outbox_enabled:
             return self._record(event, self.backend.record_usage(event))
-        # The provider answered: the event is on disk (fsynced) before the backend is tried,
-        # so a process killed from here on loses nothing; its successor replays the event and
-        # record_usage, idempotent by request_id, charges it once.
+        # The provider answered: the event goes to disk (fsynced by the outbox's writer)
+        # while the backend is tried, so a process killed from here on leaves it in one or
+        # the other; a successor replays it and record_usage, idempotent by request_id,
+        # charges it once. Deferring or refusing waits until it is on disk.
         outbox = self._get_outbox()
-        outbox.put(event, in_flight=True)
+        written = outbox.put_soon(event, in_flight=True)
         try:
             result = self.backend.record_usage(event)
         except TrackingError as exc:
             # Unreachable, or failing on its side past the retries (deadlock, serialization
             # failure, ...): the replayer delivers it later.
+            written.wait()
             log.info("usage %s deferred to the outbox: %s", event.request_id, exc)
             outbox.defer(event, str(exc))
             return self._record(event, None)
         except QuotaflowError as exc:
             # Refused for good (no price, a conflicting replay, invalid usage): the caller
             # hears why; the event stays in the outbox, dead, for a person to inspect.
+            written.wait()
             outbox.refuse(event, exc)
             raise
         outbox.acknowledge(event)

@@ -7,9 +7,13 @@ successor, ``quotaflow outbox flush``) may read and write the same outbox at onc
 cross-process locking and crash safety (``synchronous=FULL`` fsyncs every commit) from the
 standard library; a hand-rolled log would need its own compaction, locking and recovery.
 
-Durable first: a tracker puts every usage event here (fsynced) before it calls the backend,
-and deletes it once the backend acknowledged it, so a process killed at any instant after the
-provider answered leaves the event on disk for its successor. Replays are idempotent:
+Durable first: a tracker queues every usage event here the moment the provider answered and
+calls the backend meanwhile; a writer thread commits (fsyncs) what is queued, several settles
+in one commit, and the tracker waits for that commit before it reports an event deferred or
+refused. Once the backend acknowledged an event its delete is queued behind the insert (which
+is skipped when it was not written yet). So a process killed at any instant after the provider
+answered leaves the event either in the database or on disk for its successor, and the common
+case (database up) pays no fsync on the caller's thread. Replays are idempotent:
 ``record_usage`` treats the same ``(organization_id, request_id)`` as one event, so an event
 delivered twice (a crash between the backend's commit and the outbox's delete) is charged once.
 
@@ -89,6 +93,40 @@ def default_outbox_path() -> Path:
 _KEY = "target = ? and organization_id = ? and request_id = ?"
 
 
+GROUP_COMMIT_WINDOW = 0.002
+"""Seconds the writer lets a queued event wait for its own settle's outcome before committing
+it with whatever else was queued: an event the backend recorded meanwhile is never written, so
+the common case (database up) costs no disk I/O; otherwise it is on disk this much later."""
+
+_INSERT = (
+    "insert or ignore into events (target, organization_id, request_id, payload,"
+    " attempts, next_attempt_at, last_error, created_at) values (?, ?, ?, ?, 0, ?, ?, ?)"
+)
+
+
+class Written:
+    """An outbox write queued for the writer thread."""
+
+    __slots__ = ("_done", "_error", "key", "kind", "params")
+
+    def __init__(self, kind: str, key: tuple[str, str], params: tuple[Any, ...]) -> None:
+        self.kind = kind
+        self.key = key
+        self.params = params
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self) -> None:
+        """Returns once the write is committed (fsynced); raises what made it fail."""
+        self._done.wait()
+        if self._error is not None:
+            raise TrackingError(f"the outbox could not store the event: {self._error}")
+
+
 def _refusal(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -107,6 +145,10 @@ class Outbox:
         self._state_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._thread: threading.Thread | None = None
+        self._writes: list[Written] = []
+        self._writes_cv = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._writer_stop = False
         db = self._db()
         db.execute("begin immediate")  # one process creates or upgrades the file at a time
         try:
@@ -172,38 +214,109 @@ class Outbox:
         """Stores an event durably (fsynced) before returning; the same request_id once per
         database. ``in_flight``: the caller delivers it now itself (and then calls
         :meth:`acknowledge` or :meth:`defer`); the replayer leaves it alone meanwhile."""
-        now = time.time()
-        with self._db() as db:
-            db.execute(
-                "insert or ignore into events (target, organization_id, request_id, payload,"
-                " attempts, next_attempt_at, last_error, created_at)"
-                " values (?, ?, ?, ?, 0, ?, ?, ?)",
-                (
-                    self.backend.targets[0],
-                    event.organization_id,
-                    event.request_id,
-                    event.model_dump_json(),
-                    now + (IN_FLIGHT_LEASE if in_flight else REPLAY_POLICY.backoff(1)),
-                    error,
-                    now,
-                ),
-            )
+        self.put_soon(event, error, in_flight=in_flight).wait()
         if not in_flight:
             self.start()
 
+    def put_soon(
+        self, event: UsageEvent, error: str | None = None, *, in_flight: bool = False
+    ) -> Written:
+        """Queues the event for the writer thread, which commits what is queued together;
+        ``wait()`` on the result returns once it is on disk. The caller may meanwhile deliver
+        the event itself (``in_flight``), as :meth:`put` says."""
+        now = time.time()
+        due = now + (IN_FLIGHT_LEASE if in_flight else REPLAY_POLICY.backoff(1))
+        key = (event.organization_id, event.request_id)
+        # The event is serialized by the writer, only if it is written at all.
+        params = (self.backend.targets[0], *key, event, due, error, now)
+        return self._queue(Written("insert", key, params))
+
     def acknowledge(self, event: UsageEvent) -> None:
-        """The backend recorded the event: forget it. Not fsynced (a crash that undoes this
-        delete only replays an event the backend treats as a duplicate)."""
+        """The backend recorded the event: forget it. Queued behind its insert, which is then
+        skipped if it was not written yet; not fsynced (a crash that undoes this delete only
+        replays an event the backend treats as a duplicate)."""
+        key = (event.organization_id, event.request_id)
+        self._queue(Written("delete", key, key))
+
+    def _queue(self, write: Written) -> Written:
+        with self._writes_cv:
+            self._writes.append(write)
+            if self._writer is None or not self._writer.is_alive():
+                self._writer_stop = False
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="quotaflow-outbox-writer", daemon=True
+                )
+                self._writer.start()
+            self._writes_cv.notify()
+        return write
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._writes_cv:
+                while not self._writes and not self._writer_stop:
+                    self._writes_cv.wait()
+                deadline = time.monotonic() + GROUP_COMMIT_WINDOW
+                while not self._writer_stop and (left := deadline - time.monotonic()) > 0:
+                    self._writes_cv.wait(left)
+                batch, self._writes = self._writes, []
+            if not batch:
+                return
+            try:
+                self._write(batch)
+                error = None
+            except Exception as exc:  # the disk, not the event: every waiter hears it
+                log.exception("outbox write of %d event(s) failed", len(batch))
+                error = exc
+            for write in batch:
+                write._finish(error)
+
+    def _write(self, batch: list[Written]) -> None:
+        """One transaction, one fsync, for every write queued meanwhile. An insert whose
+        delete is queued behind it is written by neither (the backend has the event)."""
+        last_delete = {w.key: i for i, w in enumerate(batch) if w.kind == "delete"}
+        first_insert: dict[tuple[str, str], int] = {}
+        for i, w in enumerate(batch):
+            if w.kind == "insert":
+                first_insert.setdefault(w.key, i)
+        inserts = [
+            (*w.params[:3], w.params[3].model_dump_json(), *w.params[4:])
+            for i, w in enumerate(batch)
+            if w.kind == "insert" and last_delete.get(w.key, -1) < i
+        ]
+        deletes = [
+            w.key
+            for i, w in enumerate(batch)
+            if w.kind == "delete" and first_insert.get(w.key, i) >= i
+        ]
+        if not inserts and not deletes:
+            return
         where, targets = self._mine()
         db = self._db()
-        db.execute("pragma synchronous = normal")
+        if not inserts:
+            db.execute("pragma synchronous = normal")
         try:
-            db.execute(
-                f"delete from events where {where} and organization_id = ? and request_id = ?",
-                (*targets, event.organization_id, event.request_id),
-            )
+            db.execute("begin immediate")
+            try:
+                db.executemany(_INSERT, inserts)
+                db.executemany(
+                    f"delete from events where {where} and organization_id = ? and request_id = ?",
+                    [(*targets, *key) for key in deletes],
+                )
+                db.execute("commit")
+            except BaseException:
+                db.execute("rollback")
+                raise
         finally:
-            db.execute("pragma synchronous = full")
+            if not inserts:
+                db.execute("pragma synchronous = full")
+
+    def _stop_writer(self) -> None:
+        with self._writes_cv:
+            writer, self._writer = self._writer, None
+            self._writer_stop = True
+            self._writes_cv.notify()
+        if writer is not None:
+            writer.join(timeout=15)
 
     def defer(self, event: UsageEvent, error: str) -> None:
         """The backend could not take the event now: the replayer retries it with backoff."""
@@ -411,6 +524,7 @@ class Outbox:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=15)  # a replay in flight ends within its connect and pool waits
+        self._stop_writer()  # what is queued is written first
         with self._state_lock:
             connections, self._connections = self._connections, []
         for db in connections:
