@@ -406,6 +406,9 @@ class FakeProviderServer:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of concurrent clients (the SDKs'
+    # pools, the fault tests' threads) overflowed it and saw connections reset.
+    request_queue_size = 128
     block_on_close = False
     fake: FakeProviderServer
 
