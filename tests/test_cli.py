@@ -65,6 +65,7 @@ def test_help_lists_every_command() -> None:
     names = {" ".join(p) for p in _commands()}
     assert names >= {
         "migrate", "serve", "quota set", "quota list", "pricing list", "pricing import",
+        "pricing reprice",
         "report", "export", "keys create", "keys revoke", "outbox status", "outbox flush",
         "supabase install", "org create", "org list", "member add", "member remove",
         "member list", "demo",
@@ -178,6 +179,38 @@ def test_pricing_import_of_a_bad_file_is_an_error(
     bad.write_text("[1, 2")
     code, _, err = run(capsys, "--database-url", db_url, "pricing", "import", str(bad))
     assert code == 1 and "not JSON" in err
+
+
+def test_usage_of_an_unknown_model_is_kept_unpriced_then_repriced(
+    capsys: pytest.CaptureFixture[str], db_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    """track_usage of a model the catalogue lacks writes one unpriced row with its tokens;
+    after the price is added, `quotaflow pricing reprice` prices it."""
+    from quotaflow import Tracker
+
+    (org,) = conn.execute(
+        "insert into public.organizations (name) values ('Reprice Org') returning id"
+    ).fetchone()
+    response = {"usage": {"prompt_tokens": 2000, "completion_tokens": 1000}}
+    with Tracker(database_url=db_url, outbox=tmp_path / "o.db") as tracker:
+        record = tracker.track_usage(
+            {"organization_id": str(org), "request_id": "new-1"}, "openai", "gpt-9-mini", response
+        )
+    assert record.unpriced and record.cost == 0 and record.log_id is not None
+    code, out, _ = run(capsys, "--database-url", db_url, "pricing", "reprice")
+    assert code == 0 and "0 row(s) priced, 1 still without a price" in out
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok, effective_from) values ('openai', 'gpt-9-mini', 1, 4, '2020-01-01')"
+    )
+    code, out, _ = run(
+        capsys, "--database-url", db_url, "pricing", "reprice", "--organization", "Reprice Org"
+    )
+    assert code == 0 and "1 row(s) priced, 0 still without a price" in out
+    row = conn.execute(
+        "select input_tokens, output_tokens, cost_usd, unpriced from public.api_usage_logs"
+    ).fetchone()
+    assert row == (2000, 1000, Decimal("0.006"), False)  # 2,000 in at $1/M, 1,000 out at $4/M
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ import httpx
 import pytest
 from quotaflow import (
     HttpBackend,
-    PricingNotFoundError,
+    IdempotencyConflictError,
     QuotaExceededError,
     Tracker,
     UsageEvent,
 )
+from quotaflow.models import RecordResult
 from quotaflow.server import LocalServer
 from quotaflow.testing import FakeProviderServer
 from supabase_functions.errors import FunctionsHttpError
@@ -155,9 +156,13 @@ def test_http_backend_under_a_tracker_round_trip(
             for i in range(3)
         ]
         unpriced = events[0].model_copy(update={"request_id": "batch-x", "model": "no-such"})
-        results = tracker.backend.record_usage_batch([*events, unpriced])
+        more = USAGE.model_copy(update={"output_tokens": USAGE.output_tokens + 1})
+        conflict = events[0].model_copy(update={"usage": more})
+        results = tracker.backend.record_usage_batch([*events, unpriced, conflict])
         assert [r.cost_usd for r in results[:3]] == [GPT4O_COST] * 3  # type: ignore[union-attr]
-        assert isinstance(results[3], PricingNotFoundError)
+        # An unknown model's usage is kept, unpriced; a changed replay is refused on its own.
+        assert isinstance(results[3], RecordResult) and results[3].unpriced
+        assert isinstance(results[4], IdempotencyConflictError)
         record = tracker.backend.get_record(world.org, "batch-2")
         assert record is not None and record.cost == GPT4O_COST
 
@@ -168,7 +173,7 @@ def test_http_backend_under_a_tracker_round_trip(
         assert exceeded.value.quota_id == quota and exceeded.value.quota_limit == 5
         assert exceeded.value.reset_at is not None
     assert quota_row(conn, quota)["reserved"] == 0
-    assert len(log_rows(conn, world.org)) == 4
+    assert len(log_rows(conn, world.org)) == 5  # the call, three events, the unpriced one
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:

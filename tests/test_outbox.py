@@ -264,8 +264,9 @@ def test_replaying_an_already_recorded_event_charges_nothing(
 def test_refused_events_are_dead_lettered_and_the_rest_delivered(
     tmp_path: Path, backend: PostgresBackend, conn: Conn, org: str
 ) -> None:
-    """A permanent refusal (no price, conflicting replay) is kept for a person to inspect;
-    it does not block the events around it, nor is it retried forever."""
+    """A permanent refusal (a conflicting replay) is kept for a person to inspect; it does
+    not block the events around it, nor is it retried forever. An unknown model's event is
+    not refused: it is recorded, unpriced."""
     recorded = event(org)
     backend.record_usage(recorded)
     conflicting = recorded.model_copy(update={"usage": Usage(input_tokens=1, output_tokens=1)})
@@ -277,18 +278,21 @@ def test_refused_events_are_dead_lettered_and_the_rest_delivered(
             box.put(e)
         assert box.flush(timeout=10)
         s = box.status()
-        assert s["pending"] == 0 and s["dead"] == 2
-        assert "PricingNotFoundError" in s["last_error"] or "Idempotency" in s["last_error"]
+        assert s["pending"] == 0 and s["dead"] == 1
+        assert "Idempotency" in s["last_error"]
         # Dead events stay dead: a later drain does not resend them.
         assert box.drain_once(only_due=False) == 0
     finally:
         box.close()
     t = totals(conn, org)
-    assert t["rows"] == 4
+    assert t["rows"] == 5
+    assert conn.execute(
+        "select unpriced from public.api_usage_logs where request_id = %s", (unpriced.request_id,)
+    ).fetchone() == (True,)
     assert_consistent(conn, org)
     with sqlite3.connect(tmp_path / "outbox.db") as raw:
         dead = {r[0] for r in raw.execute("select request_id from events where dead = 1")}
-    assert dead == {recorded.request_id, unpriced.request_id}
+    assert dead == {recorded.request_id}
 
 
 def test_a_new_outbox_picks_up_what_another_left(

@@ -113,10 +113,10 @@ def test_gemini_25_pro_long_context_tier_applies_above_200k_prompt_tokens(
         ("OpenAI", " GPT-4o ", "gpt-4o"),
     ],
 )
-def test_dated_snapshot_resolves_to_the_longest_known_model(
+def test_dated_snapshot_resolves_to_its_model(
     conn: psycopg.Connection[Any], provider: str, model: str, canonical: str
 ) -> None:
-    """A snapshot name is priced as its model: exact name first, then the longest prefix."""
+    """A snapshot name is priced as its model: exact name first, then without its date."""
     got = _breakdown(conn, provider, model)
     direct = _breakdown(conn, provider.strip().lower(), canonical)
     assert got["priced_model"] == canonical
@@ -137,19 +137,63 @@ def test_mini_snapshot_is_not_priced_as_the_bigger_model(conn: psycopg.Connectio
     assert cost == D("0.75")
 
 
-def test_unknown_model_is_qf002_and_nothing_is_written(conn: psycopg.Connection[Any]) -> None:
-    """An unpriced model is an error (QF002) everywhere — never a silent $0 row or hold."""
+@pytest.mark.parametrize(
+    ("provider", "model", "priced"),
+    [
+        ("openai", "openai/gpt-4o", "gpt-4o"),
+        ("google", "gemini/gemini-2.5-flash", "gemini-2.5-flash"),
+        ("google", "models/gemini-2.5-flash-preview-05-20", "gemini-2.5-flash"),
+        ("google", "gemini-2.5-flash-preview-09-2025", "gemini-2.5-flash"),
+        ("google", "gemini-1.5-flash-002", "gemini-1.5-flash"),
+        ("anthropic", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("anthropic", "claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+        ("anthropic", "claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
+        ("xai", "grok-4-0709", "grok-4"),
+        ("xai", "grok-4-fast-reasoning", "grok-4-fast"),
+        ("openai", "gpt-5-codex", "gpt-5"),
+        ("openai", "gpt-4o-2024-08-06", "gpt-4o"),
+    ],
+)
+def test_strict_resolution_accepts_prefixes_aliases_and_real_snapshots(
+    conn: psycopg.Connection[Any], provider: str, model: str, priced: str
+) -> None:
+    assert _breakdown(conn, provider, model)["priced_model"] == priced
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("google", "gemini-3.5-flash-lite"),
+        ("google", "gemini-1.5-flash-8b"),
+        ("openai", "gpt-5.6-cyber"),
+        ("openai", "gpt-4o-realtime-preview"),
+        ("anthropic", "claude-sonnet-4-5-turbo"),
+        ("xai", "grok-4-heavy"),
+    ],
+)
+def test_a_variant_of_a_known_model_is_unknown_not_priced_as_its_parent(
+    conn: psycopg.Connection[Any], provider: str, model: str
+) -> None:
+    with pytest.raises(psycopg.Error) as exc:
+        _breakdown(conn, provider, model)
+    assert exc.value.sqlstate == "QF002"
+
+
+def test_an_unknown_model_is_refused_before_the_call_and_kept_unpriced_after_it(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """reserve_quota and estimate_cost refuse an unknown model (QF002): nothing is held. Usage
+    recorded after the fact is never dropped: one row with its tokens, unpriced at cost 0,
+    counted on request and token quotas, not on usd ones."""
     org = _org(conn)
     conn.execute(
-        "insert into public.usage_quotas (organization_id, quota_type, quota_limit)"
-        " values (%s, 'daily', 10)",
-        (org,),
+        "insert into public.usage_quotas (organization_id, quota_type, metric, quota_limit)"
+        " values (%s, 'daily', 'requests', 10), (%s, 'daily', 'tokens', 1000),"
+        " (%s, 'daily', 'usd', 1)",
+        (org, org, org),
     )
     with pytest.raises(psycopg.Error) as exc:
         _estimate(conn, "openai", "gpt-9-ultra", 10, 10, 0, 0)
-    assert exc.value.sqlstate == "QF002"
-    with pytest.raises(psycopg.Error) as exc:
-        _record(conn, org, "r-unknown", model="gpt-9-ultra", input_tokens=10, output_tokens=10)
     assert exc.value.sqlstate == "QF002"
     with pytest.raises(psycopg.Error) as exc:
         conn.execute(
@@ -158,16 +202,74 @@ def test_unknown_model_is_qf002_and_nothing_is_written(conn: psycopg.Connection[
             (org,),
         )
     assert exc.value.sqlstate == "QF002"
-    # A known provider prefix is not enough: 'gpt-4o' is not a prefix of 'gpt-4omni'.
+    # 'gpt-4o' is not a prefix of 'gpt-4omni' either.
     with pytest.raises(psycopg.Error) as exc:
         _estimate(conn, "openai", "gpt-4omni", 10, 10, 0, 0)
     assert exc.value.sqlstate == "QF002"
-    counts = conn.execute(
-        "select (select count(*) from public.api_usage_logs),"
-        " (select count(*) from public.quota_reservations),"
-        " (select sum(current_usage + reserved) from public.usage_quotas)"
+    assert conn.execute("select count(*) from public.quota_reservations").fetchone() == (0,)
+
+    got = _record(conn, org, "r-unknown", model="gpt-9-ultra", input_tokens=10, output_tokens=7)
+    assert (got["cost_usd"], got["price_id"], got["unpriced"], got["duplicate"]) == (
+        0, None, True, False
+    )
+    again = _record(conn, org, "r-unknown", model="gpt-9-ultra", input_tokens=10, output_tokens=7)
+    assert again["duplicate"] and again["unpriced"]
+    row = conn.execute(
+        "select input_tokens, output_tokens, cost_usd, unpriced, priced_model"
+        " from public.api_usage_logs"
+    ).fetchall()
+    assert row == [(10, 7, 0, True, None)]
+    usage = dict(conn.execute("select metric, current_usage from public.usage_quotas").fetchall())
+    assert usage == {"requests": 1, "tokens": 17, "usd": 0}
+
+
+def test_reprice_prices_unpriced_rows_at_their_time_and_charges_open_usd_windows(
+    conn: psycopg.Connection[Any],
+) -> None:
+    org = _org(conn)
+    conn.execute(
+        "insert into public.usage_quotas (organization_id, quota_type, metric, quota_limit)"
+        " values (%s, 'monthly', 'usd', 100)",
+        (org,),
+    )
+    _record(conn, org, "u-1", model="gpt-9-ultra", input_tokens=1_000_000, output_tokens=500_000)
+    assert conn.execute("select * from public.reprice_usage()").fetchone() == (0, 1)
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok, effective_from) values ('openai', 'gpt-9-ultra', 2, 8, '2020-01-01')"
+    )
+    assert conn.execute("select * from public.reprice_usage()").fetchone() == (1, 0)
+    # 1M input at $2 + 0.5M output at $8 = $6; credits at the organization's 1000 per USD.
+    row = conn.execute(
+        "select cost_usd, credits, unpriced, priced_model, price_id is not null"
+        " from public.api_usage_logs"
     ).fetchone()
-    assert counts == (0, 0, D(0))
+    assert row == (D(6), D(6000), False, "gpt-9-ultra", True)
+    assert conn.execute("select current_usage from public.usage_quotas").fetchone() == (D(6),)
+    assert conn.execute("select * from public.reprice_usage()").fetchone() == (0, 0)
+
+
+def test_an_organizations_fallback_price_prices_unknown_models_both_ways(
+    conn: psycopg.Connection[Any],
+) -> None:
+    org = _org(conn)
+    conn.execute(
+        "update public.organizations set fallback_provider = 'openai', fallback_model = 'gpt-4o'"
+        " where id = %s",
+        (org,),
+    )
+    held = conn.execute(
+        "select reserved_cost from public.reserve_quota(%s, 'fb-1', 'openai', 'gpt-9-ultra',"
+        " input_tokens => 1000000, max_output_tokens => 0)",
+        (org,),
+    ).fetchone()
+    assert held == (D("2.5"),)
+    got = _record(conn, org, "fb-1", model="gpt-9-ultra", input_tokens=1_000_000)
+    assert (got["cost_usd"], got["unpriced"]) == (D("2.5"), False)
+    assert conn.execute("select model, priced_model from public.api_usage_logs").fetchone() == (
+        "gpt-9-ultra",
+        "gpt-4o",
+    )
 
 
 def test_price_change_is_effective_dated_and_never_moves_logged_costs(

@@ -594,6 +594,8 @@ def record_from_row(row: dict[str, Any]) -> UsageRecord:
         cost=Decimal(r["cost_usd"]),
         credits=Decimal(r["credits"]),
         price_id=r["price_id"],
+        priced_model=r.get("priced_model"),
+        unpriced=bool(r.get("unpriced")),
         success=r["success"],
         user_id=r["user_id"],
         session_id=r["session_id"],

@@ -649,6 +649,7 @@ class TrackerBase(AlertsMixin):
             cost=None if result is None else result.cost_usd,
             credits=None if result is None else result.credits,
             price_id=None if result is None else result.price_id,
+            unpriced=False if result is None else result.unpriced,
             deferred=result is None,
             success=event.success,
             duplicate=False if result is None else result.duplicate,

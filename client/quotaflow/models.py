@@ -153,6 +153,10 @@ class UsageRecord(_Model):
     """USD, priced in SQL from cost_estimates; None while deferred."""
     credits: Decimal | None
     price_id: int | None = None
+    priced_model: str | None = None
+    """The catalogue model that priced the call (an alias's or snapshot's model)."""
+    unpriced: bool = False
+    """The model had no price: tokens recorded, cost 0 until ``quotaflow pricing reprice``."""
     deferred: bool = False
     """True when the backend was unreachable and the event waits in the durable outbox."""
     success: bool = True
@@ -273,3 +277,5 @@ class RecordResult(_Model):
     credits: Decimal
     price_id: int | None = None
     duplicate: bool = False
+    unpriced: bool = False
+    """The model has no price yet: the row keeps its tokens at cost 0 until repriced."""

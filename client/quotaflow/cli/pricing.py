@@ -1,4 +1,4 @@
-"""``quotaflow pricing list|import``: the price catalogue."""
+"""``quotaflow pricing list|import|reprice``: the price catalogue."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ._common import (
     connect,
     print_json,
     render_table,
+    resolve_org,
 )
 
 LITELLM_URL = "https://github.com/BerriAI/litellm/blob/main/model_prices_and_context_window.json"
@@ -270,6 +271,26 @@ def cmd_pricing_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pricing_reprice(args: argparse.Namespace) -> int:
+    """Prices unpriced usage rows whose model now has a price, batch by batch."""
+    if args.batch < 1 or args.batch > 100_000:
+        raise CliError("--batch must be between 1 and 100000")
+    total = 0
+    left = 0
+    with connect(args) as conn:
+        org = resolve_org(conn, args.organization) if args.organization else None
+        while True:  # autocommit: each batch is its own transaction
+            row = conn.execute(
+                "select * from public.reprice_usage(%s, %s)", (org, args.batch)
+            ).fetchone()
+            done, left = int(row["repriced"]), int(row["still_unpriced"])
+            total += done
+            if done < args.batch:
+                break
+    print(f"pricing reprice: {total} row(s) priced, {left} still without a price")
+    return 0
+
+
 def register(sub: Any) -> None:
     psub = add_group(sub, "pricing", "list and import model prices")
     p = add_command(psub, "list", "list current prices (USD per million tokens)", cmd_pricing_list)
@@ -295,3 +316,12 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="count, write nothing")
     p.add_argument("--source-url", default=LITELLM_URL, help="recorded as each row's source")
     p.add_argument("-v", "--verbose", action="store_true", help="list each change and skip")
+    p = add_command(
+        psub,
+        "reprice",
+        "price usage rows recorded while their model had no price (at the price of their time;"
+        " usd quotas whose window is still open are charged)",
+        cmd_pricing_reprice,
+    )
+    p.add_argument("--organization", help="only this organization's rows (id or name)")
+    p.add_argument("--batch", type=int, default=10000, help="rows per transaction")

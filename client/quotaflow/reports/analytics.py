@@ -115,6 +115,8 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "total_tokens",
     "cost_usd",
     "credits",
+    "unpriced",
+    "priced_model",
     "success",
     "latency_ms",
     "finish_reason",

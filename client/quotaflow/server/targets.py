@@ -654,6 +654,7 @@ def track(call: Call) -> Reply:
             "credits": record.credits,
             "price_id": record.price_id,
             "duplicate": record.duplicate,
+            "unpriced": record.unpriced,
         }
     )
 
