@@ -65,7 +65,7 @@ def test_help_lists_every_command() -> None:
     names = {" ".join(p) for p in _commands()}
     assert names >= {
         "migrate", "serve", "quota set", "quota list", "pricing list", "pricing import",
-        "pricing reprice",
+        "pricing reprice", "pricing sync",
         "report", "export", "keys create", "keys revoke", "outbox status", "outbox flush",
         "supabase install", "org create", "org list", "member add", "member remove",
         "member list", "demo",
@@ -154,7 +154,8 @@ def test_pricing_import_of_litellm_json(
     assert "dry run" in out and "1 changed" in out
     assert len(prices(conn, "gpt-test-1")) == 1
     code, out, _ = run(capsys, "--database-url", db_url, "pricing", "import", str(changed), "-v")
-    assert "0 new, 1 changed, 4 unchanged" in out and "changed openai/gpt-test-1" in out
+    assert "0 new, 1 changed, 4 unchanged" in out
+    assert "~ openai/gpt-test-1: output 0.44 -> 0.5" in out
     old, new = prices(conn, "gpt-test-1")
     assert old["effective_to"] == new["effective_from"] and new["effective_to"] is None
     assert (old["output_usd_per_mtok"], new["output_usd_per_mtok"]) == (D("0.44"), D("0.5"))
@@ -179,6 +180,70 @@ def test_pricing_import_of_a_bad_file_is_an_error(
     bad.write_text("[1, 2")
     code, _, err = run(capsys, "--database-url", db_url, "pricing", "import", str(bad))
     assert code == 1 and "not JSON" in err
+
+
+def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
+    capsys: pytest.CaptureFixture[str], db_url: str, conn: Conn
+) -> None:
+    """A dry run writes nothing; a sync adds the snapshot's new models and re-prices changed
+    ones from now on; a second sync is a no-op; the loaded catalogue equals snapshot +
+    overrides field by field; every chat and embedding model of it is priced; a row logged
+    before the sync keeps its cost."""
+    from quotaflow.cli.pricing import PRICE_FIELDS, shipped_prices
+
+    rows, _ = shipped_prices()
+    (org,) = conn.execute(
+        "insert into public.organizations (name) values ('Sync Org') returning id"
+    ).fetchone()
+    before = conn.execute(
+        "select cost_usd from public.record_usage(%s, 'before-sync', 'xai', 'grok-4.20',"
+        " 100000, 100000)",
+        (org,),
+    ).fetchone()
+    catalogue = "select count(*) from public.cost_estimates"
+    (n_before,) = conn.execute(catalogue).fetchone()
+    code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync", "--dry-run")
+    assert code == 0 and "dry run, nothing written" in out and "+ openai/gpt-6-sol" in out
+    assert conn.execute(catalogue).fetchone() == (n_before,)
+
+    code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync")
+    assert code == 0, out
+    summary = out.strip().splitlines()[-1]
+    assert " new, " in summary and " 0 new," not in summary
+    # grok-4.20 was seeded at $2/$6; LiteLLM lists $1.25/$2.50
+    assert "~ xai/grok-4.20: input 2.00 -> 1.25, output 6.00 -> 2.5," in out
+    code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync")
+    assert code == 0 and ": 0 new, 0 changed," in out
+
+    current = {
+        (r[0], r[1]): r[2:]
+        for r in conn.execute(
+            f"select provider, model, {', '.join(PRICE_FIELDS)} from public.cost_estimates"
+            " where effective_to is null"
+        ).fetchall()
+    }
+    for row in rows:
+        assert current[(row.provider, row.model)] == tuple(row.prices[f] for f in PRICE_FIELDS), (
+            row.provider,
+            row.model,
+        )
+        # Priced (no QF002), at the snapshot's own rates: 1,000 input and 10 output tokens.
+        (cost,) = conn.execute(
+            "select public.estimate_cost(%s, %s, 1000, 10)", (row.provider, row.model)
+        ).fetchone()
+        p = row.prices
+        expected = (1000 * p["input_usd_per_mtok"] + 10 * p["output_usd_per_mtok"]) / 1_000_000
+        assert cost == expected, (row.provider, row.model)
+    assert conn.execute(
+        "select cost_usd from public.api_usage_logs where request_id = 'before-sync'"
+    ).fetchone() == before
+    after = conn.execute(
+        "select cost_usd from public.record_usage(%s, 'after-sync', 'xai', 'grok-4.20',"
+        " 100000, 100000)",
+        (org,),
+    ).fetchone()
+    # 100k in + 100k out: $2/$6 before, $1.25/$2.50 after (below the 200k tier)
+    assert before == (Decimal("0.8"),) and after == (Decimal("0.375"),)
 
 
 def test_usage_of_an_unknown_model_is_kept_unpriced_then_repriced(

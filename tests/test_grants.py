@@ -89,8 +89,10 @@ authenticated private.effective_quotas/1 EXECUTE
 authenticated private.has_org_role/2 EXECUTE
 authenticated private.member_organization_ids/0 EXECUTE
 authenticated private.metric_amount/3 EXECUTE
+authenticated private.normalise_model/1 EXECUTE
 authenticated private.quota_applies/5 EXECUTE
 authenticated private.resolve_price/3 EXECUTE
+authenticated private.snapshot_base/1 EXECUTE
 authenticated private.window_bounds/4 EXECUTE
 authenticated public.check_quota/6 EXECUTE
 authenticated public.estimate_cost/7 EXECUTE
@@ -115,6 +117,7 @@ authenticated public.api_keys.revoked_at SELECT
 authenticated public.api_usage_logs SELECT
 authenticated public.cost_estimates SELECT
 authenticated public.currency_rates SELECT
+authenticated public.model_aliases SELECT
 authenticated public.organization_members DELETE
 authenticated public.organization_members INSERT
 authenticated public.organization_members SELECT

@@ -354,3 +354,15 @@ def test_catalogue_has_25_models_across_four_providers_with_sources(
     for provider, (n, sourced) in per_provider.items():
         assert n == sourced, f"{provider}: {n - sourced} prices without source_url/checked_on"
         assert n >= 3, provider
+
+
+def test_a_model_with_its_own_price_is_not_priced_as_its_alias(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """gpt-5-chat-latest is an alias of gpt-5 until the catalogue prices it itself."""
+    assert _breakdown(conn, "openai", "gpt-5-chat-latest")["priced_model"] == "gpt-5"
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok) values ('openai', 'gpt-5-chat-latest', 9, 9)"
+    )
+    assert _breakdown(conn, "openai", "gpt-5-chat-latest")["priced_model"] == "gpt-5-chat-latest"

@@ -164,6 +164,8 @@ def test_the_wheel_ships_the_sql_the_server_the_dashboard_and_the_testing_helper
             "quotaflow/server/_functions/main.py",
             "quotaflow/testing/fake_provider.py",
             "quotaflow/py.typed",
+            "quotaflow/_prices/snapshot.json",
+            "quotaflow/_prices/overrides.json",
         } <= names
         sources = {n: wheel.read(n).decode() for n in names if n.endswith(".py")}
     assert [n for n, text in sources.items() if "parents[" in text] == []
@@ -197,6 +199,10 @@ def test_migrate_org_create_serve_execute_and_dashboard_from_the_wheel(
     assert versions == [p.name.split("_", 1)[0] for p in sql_files(MIGRATIONS_DIR)]
     again = installed.run("migrate", "--database-url", empty_db_url)
     assert again.returncode == 0 and "Database is up to date." in again.stdout
+    # The first migrate brought the prices up to the shipped snapshot; the second finds
+    # nothing to change.
+    assert "prices: synced to litellm" in migrated.stdout and " new, " in migrated.stdout
+    assert ": 0 new, 0 changed" in again.stdout
 
     created = installed.run("org", "create", "Wheel Co", "--time-zone", "Europe/Lisbon",
                             "--database-url", empty_db_url)  # fmt: skip

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import migrations
-from ._common import CliError, add_command, database_url
+from . import pricing
+from ._common import CliError, add_command, connect, database_url
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -23,6 +24,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         migrations_dir=folder,
         echo=lambda line: print(line, flush=True),
     )
+    if not args.no_price_sync:
+        with connect(args) as conn, conn.transaction():
+            counts, _, what = pricing.sync(conn)
+        print(
+            f"prices: synced to {what}: {counts['new']} new, {counts['changed']} changed"
+            " (quotaflow pricing sync --dry-run shows the diff)",
+            flush=True,
+        )
     return 0
 
 
@@ -43,6 +52,12 @@ def register(sub: Any) -> None:
         "--no-cli",
         action="store_true",
         help="apply with psycopg even when the Supabase CLI is installed",
+    )
+    p.add_argument(
+        "--no-price-sync",
+        action="store_true",
+        help="leave the prices as the migrations set them (default: then bring them up to the"
+        " price snapshot this quotaflow ships, as `quotaflow pricing sync` does)",
     )
     p.add_argument(
         "--workdir",

@@ -51,6 +51,10 @@ PRICE_FIELDS = (
 )
 
 
+SNAPSHOT_MODES = ("chat", "responses", "completion", "embedding")
+"""LiteLLM modes the shipped snapshot carries: what quotaflow can track per token."""
+
+
 @dataclass
 class PriceRow:
     """One model's prices in cost_estimates units (USD per million tokens)."""
@@ -60,6 +64,9 @@ class PriceRow:
     prices: dict[str, Decimal | int | None]
     source_name: str = ""
     priority: int = 0
+    mode: str = "chat"
+    source_url: str | None = None
+    checked_on: date | None = None
 
 
 @dataclass
@@ -87,9 +94,12 @@ def _per_million(value: Any) -> Decimal | None:
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
 
 
-def parse_litellm_prices(text: str, providers: Sequence[str] | None = None) -> ParsedPrices:
+def parse_litellm_prices(
+    text: str, providers: Sequence[str] | None = None, modes: Sequence[str] | None = None
+) -> ParsedPrices:
     """The rows of a LiteLLM ``model_prices_and_context_window.json`` quotaflow can use:
-    OpenAI, Anthropic, Google (gemini and Vertex AI Gemini) and xAI models priced per token."""
+    OpenAI, Anthropic, Google (gemini and Vertex AI Gemini) and xAI models priced per token
+    (only those of ``modes``, when given)."""
     data = json.loads(text, parse_float=Decimal)
     if not isinstance(data, dict):
         raise CliError("not a LiteLLM price file: expected a JSON object of models")
@@ -105,6 +115,10 @@ def parse_litellm_prices(text: str, providers: Sequence[str] | None = None) -> P
             continue
         provider, priority = mapping
         if providers and provider not in providers:
+            continue
+        mode = str(entry.get("mode") or "chat")
+        if modes and mode not in modes:
+            parsed.skipped.append((name, f"mode {mode} not tracked"))
             continue
         model = name.strip().lower()
         for prefix in _NAME_PREFIXES:
@@ -152,7 +166,7 @@ def parse_litellm_prices(text: str, providers: Sequence[str] | None = None) -> P
                 ),
             )
             break  # one long-context tier: the lowest threshold
-        row = PriceRow(provider, model, prices, name, priority)
+        row = PriceRow(provider, model, prices, name, priority, mode)
         key = (provider, model)
         if key not in chosen or priority < chosen[key].priority:
             chosen[key] = row
@@ -160,8 +174,10 @@ def parse_litellm_prices(text: str, providers: Sequence[str] | None = None) -> P
     return parsed
 
 
-def _same_prices(current: dict[str, Any], new: dict[str, Any]) -> bool:
-    for key in PRICE_FIELDS:
+def _same_prices(
+    current: dict[str, Any], new: dict[str, Any], fields: Sequence[str] = PRICE_FIELDS
+) -> bool:
+    for key in fields:
         a, b = current.get(key), new.get(key)
         if a is None or b is None:
             if a is not b:
@@ -169,6 +185,71 @@ def _same_prices(current: dict[str, Any], new: dict[str, Any]) -> bool:
         elif Decimal(a) != Decimal(b):
             return False
     return True
+
+
+def _fmt_price(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _changes(current: dict[str, Any], new: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{f.removesuffix('_usd_per_mtok')} {_fmt_price(current.get(f))}"
+        f" -> {_fmt_price(new.get(f))}"
+        for f in PRICE_FIELDS
+        if not _same_prices({f: current.get(f)}, {f: new.get(f)}, (f,))
+    )
+
+
+def apply_prices(
+    conn: Any, rows: Sequence[PriceRow], *, source_url: str, only_existing: bool = False
+) -> tuple[dict[str, int], list[str]]:
+    """Brings cost_estimates up to ``rows``: a new model is added (from the catalogue's start,
+    or after its last closed row), a changed price closes the current row now and opens a new
+    one from now (never back-dated, so logged costs never move), an unchanged one is left
+    alone; models absent from ``rows`` are not touched. Returns counts and diff lines."""
+    counts = {"new": 0, "changed": 0, "unchanged": 0}
+    diff: list[str] = []
+    now = conn.execute("select now() as t").fetchone()["t"]
+    for row in rows:
+        existing = conn.execute(
+            "select * from public.cost_estimates where provider = %s and model = %s"
+            " order by effective_from",
+            (row.provider, row.model),
+        ).fetchall()
+        current = next((r for r in existing if r["effective_to"] is None), None)
+        if current is not None and _same_prices(current, row.prices):
+            counts["unchanged"] += 1
+            continue
+        if current is None and only_existing:
+            continue
+        values = {
+            **row.prices,
+            "provider": row.provider,
+            "model": row.model,
+            "source_url": row.source_url or source_url,
+            "checked_on": row.checked_on or date.today(),
+        }
+        if current is not None:
+            conn.execute(
+                "update public.cost_estimates set effective_to = %s where id = %s",
+                (now, current["id"]),
+            )
+            values["effective_from"] = now  # the new row begins where the old one ends
+            counts["changed"] += 1
+            diff.append(f"~ {row.provider}/{row.model}: {_changes(current, row.prices)}")
+        else:
+            if existing:  # only closed rows: start after the last one ended
+                values["effective_from"] = max(r["effective_to"] for r in existing)
+            counts["new"] += 1
+            p = row.prices
+            diff.append(
+                f"+ {row.provider}/{row.model}: input {_fmt_price(p['input_usd_per_mtok'])},"
+                f" output {_fmt_price(p['output_usd_per_mtok'])}"
+            )
+        names = ", ".join(values)
+        marks = ", ".join(f"%({k})s" for k in values)
+        conn.execute(f"insert into public.cost_estimates ({names}) values ({marks})", values)
+    return counts, diff
 
 
 def cmd_pricing_import(args: argparse.Namespace) -> int:
@@ -181,45 +262,10 @@ def cmd_pricing_import(args: argparse.Namespace) -> int:
         parsed = parse_litellm_prices(text, args.provider)
     except json.JSONDecodeError as exc:
         raise CliError(f"{path} is not JSON: {exc}") from exc
-    counts = {"new": 0, "changed": 0, "unchanged": 0}
-    changes: list[str] = []
     with connect(args) as conn, conn.transaction(force_rollback=args.dry_run):
-        for row in parsed.rows:
-            rows = conn.execute(
-                "select * from public.cost_estimates where provider = %s and model = %s"
-                " order by effective_from",
-                (row.provider, row.model),
-            ).fetchall()
-            current = next((r for r in rows if r["effective_to"] is None), None)
-            if current is not None and _same_prices(current, row.prices):
-                counts["unchanged"] += 1
-                continue
-            if current is None and args.only_existing:
-                continue
-            values = {
-                **row.prices,
-                "provider": row.provider,
-                "model": row.model,
-                "source_url": args.source_url,
-                "checked_on": date.today(),
-            }
-            if current is not None:
-                conn.execute(
-                    "update public.cost_estimates set effective_to = now() where id = %s",
-                    (current["id"],),
-                )
-                # now() is the transaction's start: the new row begins where the old one ends.
-                values["effective_from"] = conn.execute("select now() as t").fetchone()["t"]
-                counts["changed"] += 1
-                changes.append(f"changed {row.provider}/{row.model}")
-            else:
-                if rows:  # only closed rows: start after the last one ended
-                    values["effective_from"] = max(r["effective_to"] for r in rows)
-                counts["new"] += 1
-                changes.append(f"new     {row.provider}/{row.model}")
-            names = ", ".join(values)
-            marks = ", ".join(f"%({k})s" for k in values)
-            conn.execute(f"insert into public.cost_estimates ({names}) values ({marks})", values)
+        counts, changes = apply_prices(
+            conn, parsed.rows, source_url=args.source_url, only_existing=args.only_existing
+        )
     if args.verbose:
         for line in changes:
             print(line)
@@ -229,6 +275,119 @@ def cmd_pricing_import(args: argparse.Namespace) -> int:
     print(
         f"{prefix}: {counts['new']} new, {counts['changed']} changed,"
         f" {counts['unchanged']} unchanged, {len(parsed.skipped)} skipped"
+    )
+    return 0
+
+
+# ---- the shipped snapshot ----------------------------------------------------------------
+
+MAX_PRICE_FILE = 50 * 2**20
+
+
+def _price_value(field: str, v: Any) -> Decimal | int | None:
+    if v is None:
+        return None
+    return int(v) if field == "long_context_threshold" else Decimal(str(v))
+
+
+def _snapshot_rows(data: dict[str, Any]) -> list[PriceRow]:
+    rows = []
+    for m in data["models"]:
+        prices: dict[str, Decimal | int | None] = {}
+        for f in PRICE_FIELDS:
+            v = m.get(f)
+            prices[f] = (
+                None if v is None else int(v) if f == "long_context_threshold" else Decimal(v)
+            )
+        rows.append(
+            PriceRow(m["provider"], m["model"], prices, mode=m.get("mode", "chat"),
+                     source_url=data.get("source_url"))
+        )  # fmt: skip
+    return rows
+
+
+def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> list[PriceRow]:
+    """Overrides replace fields of a snapshot model (or add a model LiteLLM lacks), each
+    recorded with its own source URL and the date it was checked."""
+    by_key = {(r.provider, r.model): r for r in rows}
+    for o in overrides:
+        key = (o["provider"], o["model"])
+        base = by_key.get(key)
+        prices: dict[str, Decimal | int | None] = (
+            dict(base.prices) if base else dict.fromkeys(PRICE_FIELDS)
+        )
+        for f, v in o["fields"].items():
+            if f not in PRICE_FIELDS:
+                raise CliError(f"override of {key[0]}/{key[1]}: unknown field {f}")
+            prices[f] = (
+                None if v is None else int(v) if f == "long_context_threshold" else Decimal(str(v))
+            )
+        by_key[key] = PriceRow(
+            key[0], key[1], prices, mode=o.get("mode", base.mode if base else "chat"),
+            source_url=o["source_url"], checked_on=date.fromisoformat(o["checked_on"]),
+        )  # fmt: skip
+    return sorted(by_key.values(), key=lambda r: (r.provider, r.model))
+
+
+def shipped_prices() -> tuple[list[PriceRow], str]:
+    """The package's snapshot with its overrides applied, and a line saying what it is."""
+    from .._resources import read_text
+
+    data = json.loads(read_text("_prices", "snapshot.json"))
+    overrides = json.loads(read_text("_prices", "overrides.json"))["overrides"]
+    rows = _apply_overrides(_snapshot_rows(data), overrides)
+    return rows, f"{data['source']} of {data['generated_on']} + {len(overrides)} override(s)"
+
+
+def _read_source(source: str) -> str:
+    if source.startswith(("https://", "http://")):
+        import httpx
+
+        with httpx.stream("GET", source, timeout=30, follow_redirects=True) as r:
+            r.raise_for_status()
+            chunks, size = [], 0
+            for chunk in r.iter_bytes():
+                size += len(chunk)
+                if size > MAX_PRICE_FILE:
+                    raise CliError(f"{source} is larger than {MAX_PRICE_FILE // 2**20} MiB")
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8")
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {source}: {exc}") from exc
+
+
+def prices_from(source: str | None) -> tuple[list[PriceRow], str]:
+    """Price rows of ``source`` (a quotaflow snapshot or a LiteLLM map, file or URL), or the
+    shipped snapshot when None."""
+    if source is None:
+        return shipped_prices()
+    text = _read_source(source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{source} is not JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("models"), list):
+        return _snapshot_rows(data), f"snapshot {source}"
+    return parse_litellm_prices(text, modes=SNAPSHOT_MODES).rows, f"LiteLLM map {source}"
+
+
+def sync(conn: Any, source: str | None = None) -> tuple[dict[str, int], list[str], str]:
+    rows, what = prices_from(source)
+    counts, diff = apply_prices(conn, rows, source_url=LITELLM_URL)
+    return counts, diff, what
+
+
+def cmd_pricing_sync(args: argparse.Namespace) -> int:
+    with connect(args) as conn, conn.transaction(force_rollback=args.dry_run):
+        counts, diff, what = sync(conn, args.source)
+    for line in diff:
+        print(line)
+    prefix = "pricing sync (dry run, nothing written)" if args.dry_run else "pricing sync"
+    print(
+        f"{prefix} to {what}: {counts['new']} new, {counts['changed']} changed,"
+        f" {counts['unchanged']} unchanged; models not in it left as they are"
     )
     return 0
 
@@ -316,6 +475,20 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="count, write nothing")
     p.add_argument("--source-url", default=LITELLM_URL, help="recorded as each row's source")
     p.add_argument("-v", "--verbose", action="store_true", help="list each change and skip")
+    p = add_command(
+        psub,
+        "sync",
+        "bring the catalogue up to the shipped price snapshot (LiteLLM's map + quotaflow's"
+        " overrides) or another: new models added, a changed price closes the old row and"
+        " opens a new one from now, models not in it left alone; prints the diff",
+        cmd_pricing_sync,
+    )
+    p.add_argument(
+        "--from", dest="source", metavar="FILE|URL",
+        help="a quotaflow snapshot or LiteLLM model_prices_and_context_window.json (default:"
+        " the snapshot shipped with this quotaflow)",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     p = add_command(
         psub,
         "reprice",

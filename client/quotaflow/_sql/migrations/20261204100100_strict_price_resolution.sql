@@ -117,12 +117,15 @@ begin
   end if;
   base := private.snapshot_base(m);
   foreach candidate in array array[m, base] loop
+    -- The name itself first: a catalogue row of its own wins over an alias.
     select ce.* into price
     from public.cost_estimates ce
     where ce.provider = p
-      and ce.model = coalesce((select a.model from public.model_aliases a
-                               where a.provider = p and a.alias = candidate), candidate)
-      and ce.effective_from <= p_at and (ce.effective_to is null or ce.effective_to > p_at);
+      and ce.model in (candidate, (select a.model from public.model_aliases a
+                                   where a.provider = p and a.alias = candidate))
+      and ce.effective_from <= p_at and (ce.effective_to is null or ce.effective_to > p_at)
+    order by ce.model = candidate desc
+    limit 1;
     if found then
       return price;
     end if;
