@@ -445,6 +445,35 @@ def test_the_dashboard_renders_in_chromium(
     assert not problems, problems
 
 
+def test_unpriced_calls_are_shown_as_unpriced(browser: Any, world: World, conn: Conn) -> None:
+    """A call of a model without a price: its tokens are in the totals, its cost is not;
+    the JSON view counts it and the page says so, and lists it as unpriced."""
+    record(conn, world.org, Call("priced", local_noon(ZoneInfo("UTC"), 0), "gpt-4o", None, 1000))
+    conn.execute(
+        "select * from public.record_usage(%s, 'unpriced', 'openai', 'gpt-9-preview-x',"
+        " input_tokens => 500, output_tokens => 50)",
+        (world.org,),
+    )
+    body = dashboard(world, SERVICE_ROLE_KEY, organization_id=world.org, format="json").get_json()
+    assert body["totals"]["unpriced_requests"] == 1
+    assert body["totals"]["total_tokens"] == 1550
+    assert D(body["totals"]["cost_usd"]) == D("0.0025")
+    unpriced = next(c for c in body["recent_calls"] if c["request_id"] == "unpriced")
+    assert unpriced["unpriced"] is True
+
+    config = {"SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY}
+    with LocalServer(port=0, database_url=world.db_url, config=config) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        url = f"{server.functions_url}/dashboard?organization_id={world.org}"
+        page.goto(f"{url}#access_token={SERVICE_ROLE_KEY}")
+        page.wait_for_selector("[data-testid=unpriced-note]:not([hidden])")
+        note = page.locator("[data-testid=unpriced-note]").inner_text()
+        assert note.startswith("1 call of a model without a price")
+        row = page.locator("[data-testid=recent-calls] tr[data-request-id=unpriced]")
+        assert "unpriced" in row.inner_text()
+        page.close()
+
+
 def test_the_page_asks_for_a_token_and_explains_a_refusal(
     browser: Any, seeded_db_url: str, seeded_conn: Conn
 ) -> None:

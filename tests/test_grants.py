@@ -118,6 +118,7 @@ authenticated public.api_usage_logs SELECT
 authenticated public.cost_estimates SELECT
 authenticated public.currency_rates SELECT
 authenticated public.model_aliases SELECT
+authenticated public.provider_billing_rules SELECT
 authenticated public.organization_members DELETE
 authenticated public.organization_members INSERT
 authenticated public.organization_members SELECT

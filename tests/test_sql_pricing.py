@@ -366,3 +366,20 @@ def test_a_model_with_its_own_price_is_not_priced_as_its_alias(
         " output_usd_per_mtok) values ('openai', 'gpt-5-chat-latest', 9, 9)"
     )
     assert _breakdown(conn, "openai", "gpt-5-chat-latest")["priced_model"] == "gpt-5-chat-latest"
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "prompt", "output", "expected"),
+    [
+        # xAI bills the long rate once the prompt reaches 200k ($4/$12 instead of $2/$6)
+        ("xai", "grok-4.7", 200_000, 1_500, D("0.818")),
+        ("xai", "grok-4.7", 199_999, 1_500, D("0.408998")),
+        # Gemini only above it ($1.25/$10 up to 200k, $2.50/$15 beyond)
+        ("google", "gemini-2.5-pro", 200_000, 1_000, D("0.26")),
+        ("google", "gemini-2.5-pro", 200_001, 1_000, D("0.5150025")),
+    ],
+)
+def test_a_long_context_tier_starts_where_the_provider_says(
+    conn: psycopg.Connection[Any], provider: str, model: str, prompt: int, output: int, expected: D
+) -> None:
+    assert _estimate(conn, provider, model, prompt, output, 0, 0) == expected

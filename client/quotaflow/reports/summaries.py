@@ -117,6 +117,9 @@ class Totals(_Model):
     unique_users: int
     first_at: datetime | None
     last_at: datetime | None
+    unpriced_requests: int = 0
+    """Calls of a model without a price: their tokens are counted, their cost is not (yet:
+    ``quotaflow pricing reprice``)."""
 
 
 class Group(_Model):
@@ -221,6 +224,8 @@ class RecentCall(_Model):
     output_tokens: int
     total_tokens: int
     cost_usd: Decimal
+    unpriced: bool = False
+    """The model had no price: cost_usd is 0 until the call is repriced."""
     success: bool
     error_code: str | None
     error_message: str | None
@@ -277,6 +282,14 @@ where l.organization_id = %(org)s
 
 _SUMMARY_SQL = "select * from public.usage_summary(%(org)s, %(lo)s, %(hi)s, %(user_id)s)"
 
+_UNPRICED_SQL = """
+select count(*) as n
+from public.api_usage_logs l
+where l.organization_id = %(org)s and l.unpriced
+  and l.occurred_at >= %(lo)s::timestamptz and l.occurred_at < %(hi)s::timestamptz
+  and (%(user_id)s::text is null or l.user_id = %(user_id)s::text)
+"""
+
 _USERS_SQL = """
 select count(d.key) as users
 from public.usage_by_dimension(%(org)s, 'user', %(lo)s, %(hi)s, %(user_id)s) d
@@ -297,8 +310,8 @@ _QUOTAS_SQL = "select * from public.get_quota_status(%(org)s)"
 
 _RECENT_SQL = """
 select l.request_id, l.occurred_at, l.user_id, l.provider, l.model, l.input_tokens,
-       l.output_tokens, l.total_tokens, l.cost_usd, l.success, l.error_code, l.error_message,
-       l.latency_ms
+       l.output_tokens, l.total_tokens, l.cost_usd, l.unpriced, l.success, l.error_code,
+       l.error_message, l.latency_ms
 from public.api_usage_logs l
 where l.organization_id = %(org)s
 order by l.occurred_at desc, l.id desc
@@ -362,6 +375,7 @@ class _Scope:
     def totals(self) -> Totals:
         s = self.cur.execute(_SUMMARY_SQL, self.params).fetchone()
         users = self.cur.execute(_USERS_SQL, self.params).fetchone()["users"]
+        unpriced = self.cur.execute(_UNPRICED_SQL, self.params).fetchone()["n"]
         return Totals(
             requests=s["requests"],
             successful_requests=s["successful_requests"],
@@ -382,6 +396,7 @@ class _Scope:
             unique_users=users,
             first_at=self.first_at,
             last_at=self.last_at,
+            unpriced_requests=unpriced,
         )
 
     def groups(self, dimension: str) -> list[Group]:
