@@ -246,6 +246,37 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
     assert before == (Decimal("0.8"),) and after == (Decimal("0.375"),)
 
 
+def test_pricing_sync_from_a_url_of_a_litellm_map(
+    capsys: pytest.CaptureFixture[str], db_url: str, conn: Conn
+) -> None:
+    """--from URL reads a LiteLLM map from a web server (here one on loopback)."""
+    import http.server
+    import threading
+
+    body = FIXTURE.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/prices.json"
+        code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync", "--from", url)
+    finally:
+        server.shutdown()
+    assert code == 0 and f"LiteLLM map {url}: " in out and "+ openai/gpt-test-1" in out
+    assert prices(conn, "gpt-test-1")[0]["input_usd_per_mtok"] == D("0.11")
+
+
 def test_usage_of_an_unknown_model_is_kept_unpriced_then_repriced(
     capsys: pytest.CaptureFixture[str], db_url: str, conn: Conn, tmp_path: Path
 ) -> None:
