@@ -383,3 +383,26 @@ def test_a_long_context_tier_starts_where_the_provider_says(
     conn: psycopg.Connection[Any], provider: str, model: str, prompt: int, output: int, expected: D
 ) -> None:
     assert _estimate(conn, provider, model, prompt, output, 0, 0) == expected
+
+
+def test_a_long_tier_without_cache_prices_scales_the_standard_cache_price(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """grok-4 above 128k: input $3 -> $6 (x2), so cached input $0.75 -> $1.50, not $6.
+    50,000 uncached x $6 + 100,000 cached x $1.50 + 3,000 output x $30, per million."""
+    row = _breakdown_of(conn, "xai", "grok-4", 150_000, 3_000, 100_000)
+    assert row["long_context"] is True
+    assert row["cached_input_cost"] == D("0.15")
+    assert row["total_cost"] == D("0.3") + D("0.15") + D("0.09")
+
+
+def _breakdown_of(
+    conn: psycopg.Connection[Any], provider: str, model: str, *tokens: int
+) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(
+        "select * from public.estimate_cost_breakdown(%s, %s, %s, %s, %s)",
+        (provider, model, *tokens),
+    ).fetchone()
+    assert row is not None
+    return row

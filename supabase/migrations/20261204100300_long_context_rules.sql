@@ -2,6 +2,10 @@
 -- once a prompt *reaches* its threshold, the others once it is *above* it (Anthropic, Gemini,
 -- OpenAI). Which tokens count toward it is the same for the four: every prompt token, cache
 -- reads and writes included (quotaflow's input_tokens). The rule is data, per provider.
+--
+-- A long tier without its own cache prices scales the standard cache prices by the tier's
+-- input factor (grok-4: $0.75 cached becomes $1.50 above 128k), instead of billing cache reads
+-- at the long *input* price ($6), which overcharged them fourfold.
 
 create table public.provider_billing_rules (
   provider text primary key check (provider ~ '^[a-z0-9][a-z0-9_.-]*$'),
@@ -47,6 +51,7 @@ set search_path = ''
 as $$
 declare
   in_price numeric;
+  factor numeric;
   reaching boolean := coalesce((select r.long_context_from = 'reaching'
                                 from public.provider_billing_rules r
                                 where r.provider = pr.provider), false);
@@ -55,13 +60,15 @@ begin
     and (input_tokens > pr.long_context_threshold
          or reaching and input_tokens = pr.long_context_threshold);
   in_price := case when long_context then pr.long_input_usd_per_mtok else pr.input_usd_per_mtok end;
+  factor := case when not long_context then 1
+                 when pr.input_usd_per_mtok > 0 then pr.long_input_usd_per_mtok / pr.input_usd_per_mtok end;
   input_cost := trim_scale((input_tokens - cached_input_tokens - cache_write_tokens) * in_price / 1000000);
   cached_input_cost := trim_scale(cached_input_tokens * coalesce(
     case when long_context then pr.long_cached_input_usd_per_mtok else pr.cached_input_usd_per_mtok end,
-    in_price) / 1000000);
+    pr.cached_input_usd_per_mtok * factor, in_price) / 1000000);
   cache_write_cost := trim_scale(cache_write_tokens * coalesce(
     case when long_context then pr.long_cache_write_usd_per_mtok else pr.cache_write_usd_per_mtok end,
-    in_price) / 1000000);
+    pr.cache_write_usd_per_mtok * factor, in_price) / 1000000);
   output_cost := trim_scale(output_tokens
     * case when long_context then pr.long_output_usd_per_mtok else pr.output_usd_per_mtok end / 1000000);
   total_cost := trim_scale(input_cost + cached_input_cost + cache_write_cost + output_cost);
