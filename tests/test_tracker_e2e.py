@@ -26,6 +26,7 @@ from quotaflow import (
 )
 from quotaflow.providers import AsyncProviderClient, ProviderClient
 from quotaflow.testing import FakeProviderServer
+from quotaflow.tokens import count_message_tokens
 
 from tests.provider_fixtures import (
     API_KEYS,
@@ -459,8 +460,6 @@ def test_every_field_that_multiplies_or_extends_output_is_priced_into_the_reserv
     """The reservation holds the output the provider may bill for the body it receives
     (max_tokens 100 in the request, ``extra`` merged last): the cap, which includes reasoning
     and thinking tokens, times the choices."""
-    from quotaflow.tokens import count_message_tokens
-
     request = {"provider": provider, "api": api, "model": model, "messages": _messages()}
     tracker.execute_with_tracking(
         {**request, "max_tokens": 100, "extra": extra}, {"organization_id": ORG}
@@ -679,3 +678,80 @@ def test_public_api_is_pinned() -> None:
     )
     for name in quotaflow.__all__:
         assert getattr(quotaflow, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "price"),
+    [("openai", "text-embedding-3-small", "0.02"), ("google", "gemini-embedding-001", "0.15")],
+)
+def test_embeddings_are_executed_and_priced_on_input_tokens(
+    tracker: Tracker,
+    conn: psycopg.Connection[Any],
+    fake: FakeProviderServer,
+    provider: str,
+    model: str,
+    price: str,
+) -> None:
+    """api=embeddings: every message is one input; nothing is reserved for output; the row is
+    priced on input tokens (OpenAI reports them, Gemini does not: estimated and flagged)."""
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok) values (%s, %s, %s, 0)",
+        (provider, model, price),
+    )
+    texts = ["the quick brown fox", "jumps over the lazy dog"]
+    request = {
+        "provider": provider,
+        "api": "embeddings",
+        "model": model,
+        "messages": [{"role": "user", "content": t} for t in texts],
+    }
+    response = tracker.execute_with_tracking(request, {"organization_id": ORG})
+    assert response.embeddings is not None and len(response.embeddings) == 2
+    assert response.usage.output_tokens == 0
+    (held,) = conn.execute("select estimated_tokens from public.quota_reservations").fetchone()
+    assert held == count_message_tokens(provider, model, request["messages"])  # no output held
+    [row] = _log_rows(conn)
+    input_tokens, output_tokens, cost, estimated = row[1], row[2], row[6], row[8]
+    assert output_tokens == 0 and cost == Decimal(price) * input_tokens / 1_000_000
+    if provider == "openai":
+        assert (input_tokens, estimated) == (FULL_USAGE.input_tokens, False)
+        sent = fake.last_request
+        assert sent is not None and sent.body["input"] == texts
+    else:
+        assert estimated and input_tokens == held
+        sent = fake.last_request
+        assert sent is not None and len(sent.body["requests"]) == 2
+
+
+def test_an_openai_embeddings_response_is_tracked_after_the_fact(
+    tracker: Tracker, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok) values ('openai', 'text-embedding-3-large', 0.13, 0)"
+    )
+    response = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        "model": "text-embedding-3-large",
+        "usage": {"prompt_tokens": 5000, "total_tokens": 5000},
+    }
+    record = tracker.track_usage(
+        {"organization_id": ORG}, "openai", "text-embedding-3-large", response
+    )
+    assert record.usage.input_tokens == 5000 and record.cost == Decimal("0.00065")
+
+
+def test_embeddings_refuse_streams_and_providers_without_them(tracker: Tracker) -> None:
+    base = {"api": "embeddings", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(quotaflow.ValidationError, match="do not stream"):
+        tracker.execute_with_tracking(
+            {**base, "provider": "openai", "model": "text-embedding-3-small", "stream": True},
+            {"organization_id": ORG},
+        )
+    with pytest.raises(quotaflow.ValidationError, match="no 'embeddings' API"):
+        tracker.execute_with_tracking(
+            {**base, "provider": "anthropic", "model": "claude-sonnet-4-5"},
+            {"organization_id": ORG},
+        )

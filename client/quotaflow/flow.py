@@ -244,7 +244,10 @@ def _execute_flow(call: _Call) -> Flow[AIModelResponse]:
     record: UsageRecord = yield _Settle(
         _event(call, usage=result.usage, success=True, finish_reason=result.finish_reason)
     )
-    return _response(call, result.content, result.usage, result.finish_reason, record)
+    response = _response(call, result.content, result.usage, result.finish_reason, record)
+    if result.embeddings is not None:
+        response.embeddings = result.embeddings
+    return response
 
 
 def _open_stream_flow(call: _Call) -> Flow[Any]:

@@ -70,8 +70,10 @@ class AIModelRequest(_Model):
     max_tokens: int | None = Field(default=None, ge=1, le=2_000_000)
     """Upper bound of output tokens; the reservation assumes all of them are used."""
     stream: bool = False
-    api: Literal["chat", "responses"] = "chat"
-    """OpenAI/xAI only: Chat Completions or the Responses API."""
+    api: Literal["chat", "responses", "embeddings"] = "chat"
+    """OpenAI/xAI: Chat Completions or the Responses API; OpenAI/Google: ``embeddings``, where
+    each message's text is one input to embed (priced on input tokens, nothing reserved for
+    output)."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Provider-specific body fields passed through unchanged."""
 
@@ -187,6 +189,8 @@ class AIModelResponse(_Model):
     request_id: str
     log_id: str | None
     latency_ms: int
+    embeddings: list[list[float]] | None = None
+    """An embeddings call's vectors, one per input message."""
     finish_reason: str | None = None
     duplicate: bool = False
     """True when this request_id had been recorded before: nothing was called or charged."""

@@ -134,8 +134,13 @@ class Adapter:
             usage=usage,
             finish_reason=finish,
             model=model,
+            embeddings=self.vectors(body),
             raw=dict(body),
         )
+
+    def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
+        """An embeddings answer's vectors; None for the other APIs."""
+        return None
 
     def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         raise NotImplementedError
@@ -524,6 +529,86 @@ class GeminiAdapter(Adapter):
 
 
 # --------------------------------------------------------------------------------------------
+# Embeddings (OpenAI /embeddings, Gemini :batchEmbedContents): billed on input tokens only
+# --------------------------------------------------------------------------------------------
+
+
+def _embedding_inputs(request: AIModelRequest) -> list[str]:
+    """The texts to embed: one per message, in order."""
+    return [_text_of(m.content) for m in request.messages]
+
+
+class _EmbeddingsMixin:
+    """Embeddings produce no tokens: nothing is reserved for output, streams do not exist."""
+
+    api: ClassVar[str] = "embeddings"
+
+    def output_bound(self, body: Mapping[str, Any]) -> int:
+        return 0
+
+    def parse_stream_event(
+        self, event: Mapping[str, Any], sse_event: str | None = None
+    ) -> StreamUpdate:
+        raise ValidationError("embeddings do not stream", field="stream")
+
+
+class OpenAIEmbeddingsAdapter(_EmbeddingsMixin, OpenAIChatAdapter):
+    """``POST {base}/embeddings`` with every message's text as one input."""
+
+    path = "/embeddings"
+
+    def build_request(
+        self, request: AIModelRequest, *, api_key: str = "", stream: bool | None = None
+    ) -> PreparedRequest:
+        if request.stream or stream:
+            raise ValidationError("embeddings do not stream", field="stream")
+        body: dict[str, Any] = {"model": request.model, "input": _embedding_inputs(request)}
+        body.update(request.extra)
+        return PreparedRequest("POST", self.path, self._headers(api_key, False), body, False)
+
+    def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+        return "", None, _str(body.get("model"))
+
+    def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
+        data = body.get("data")
+        items = data if isinstance(data, list) else []
+        ordered = sorted(items, key=lambda d: d.get("index", 0) if isinstance(d, Mapping) else 0)
+        return [list(d.get("embedding") or []) for d in ordered if isinstance(d, Mapping)]
+
+
+class GeminiEmbeddingsAdapter(_EmbeddingsMixin, GeminiAdapter):
+    """``POST {base}/v1beta/models/{model}:batchEmbedContents``, one request per message. The
+    answer reports no token counts: the input is estimated (``estimated=True``)."""
+
+    def build_request(
+        self, request: AIModelRequest, *, api_key: str = "", stream: bool | None = None
+    ) -> PreparedRequest:
+        if request.stream or stream:
+            raise ValidationError("embeddings do not stream", field="stream")
+        model = request.model.removeprefix("models/")
+        path = f"/{self.api_version}/models/{quote(model, safe='-._~')}:batchEmbedContents"
+        body: dict[str, Any] = {
+            "requests": [
+                {
+                    "model": f"models/{model}",
+                    "content": {"parts": [{"text": text}]},
+                    **request.extra,
+                }
+                for text in _embedding_inputs(request)
+            ]
+        }
+        return PreparedRequest("POST", path, self._headers(api_key, False), body, False)
+
+    def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+        return "", None, None
+
+    def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
+        items = body.get("embeddings")
+        items = items if isinstance(items, list) else []
+        return [list(e.get("values") or []) for e in items if isinstance(e, Mapping)]
+
+
+# --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
 
@@ -534,6 +619,8 @@ ADAPTERS: dict[tuple[str, str], Adapter] = {
     ("xai", "responses"): XAIResponsesAdapter(),
     ("anthropic", "chat"): AnthropicAdapter(),
     ("google", "chat"): GeminiAdapter(),
+    ("openai", "embeddings"): OpenAIEmbeddingsAdapter(),
+    ("google", "embeddings"): GeminiEmbeddingsAdapter(),
 }
 
 

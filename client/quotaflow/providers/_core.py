@@ -174,6 +174,8 @@ class ProviderResult(BaseModel):
     ``STOP``/``MAX_TOKENS`` (Gemini)."""
     model: str | None = None
     """The model name the provider answered with (may be a dated snapshot)."""
+    embeddings: list[list[float]] | None = None
+    """An embeddings call's vectors, one per input."""
     raw: dict[str, Any]
     """The provider's JSON body, unchanged."""
 

@@ -15,7 +15,9 @@ Routes (POST): ``/v1/chat/completions`` (OpenAI and xAI Chat Completions, stream
 ``stream_options.include_usage``), ``/v1/responses`` (Responses API, streaming events),
 ``/v1/messages`` (Anthropic Messages, streaming events), ``/v1beta/models/{model}:generateContent``
 and ``:streamGenerateContent`` (SSE with ``alt=sse``, a JSON array without); ``/v1/models/...``
-too, which google-genai 3.x uses by default.
+too, which google-genai 3.x uses by default. Embeddings: ``/v1/embeddings`` (OpenAI: usage's
+``input_tokens`` as ``prompt_tokens``) and ``:batchEmbedContents`` (Gemini: no token counts,
+as the real API).
 
 The usage to report is given *normalised* (:class:`quotaflow.models.Usage`) and written in each
 provider's own semantics: Anthropic's ``input_tokens`` excludes cache reads and writes; Gemini's
@@ -52,7 +54,15 @@ __all__ = ["DEFAULT_REPLY", "FakeProviderServer", "Outcome", "RecordedRequest", 
 
 DEFAULT_REPLY = "Hello from the fake provider."
 
-ROUTES = ("chat.completions", "responses", "messages", "generateContent", "streamGenerateContent")
+ROUTES = (
+    "chat.completions",
+    "responses",
+    "messages",
+    "generateContent",
+    "streamGenerateContent",
+    "embeddings",
+    "batchEmbedContents",
+)
 
 _GEMINI_PATH = re.compile(
     r"^/(?:v1beta|v1|v1alpha)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
@@ -524,7 +534,13 @@ class _Handler(BaseHTTPRequestHandler):
             route = "responses"
         elif path == "/v1/messages":
             route, flavour = "messages", "anthropic"
-        elif gemini and gemini["method"] in ("generateContent", "streamGenerateContent"):
+        elif path == "/v1/embeddings":
+            route = "embeddings"
+        elif gemini and gemini["method"] in (
+            "generateContent",
+            "streamGenerateContent",
+            "batchEmbedContents",
+        ):
             route, flavour, model = gemini["method"], "google", gemini["model"]
         else:
             self._send_json(404, {"error": {"message": f"no route POST {path}"}})
@@ -552,6 +568,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._responses(body, model, usage, text, truncated, outcome, delay)
             elif route == "messages":
                 self._messages(body, model, usage, text, truncated, outcome, delay)
+            elif route in ("embeddings", "batchEmbedContents"):
+                self._embeddings(route, body, model, usage)
             else:
                 sse = query.get("alt", [""])[0] == "sse"
                 self._gemini(route, sse, model, usage, text, truncated, outcome, delay)
@@ -560,6 +578,35 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if outcome.kind == "ok":
                 recorded.answered_at = time.monotonic()
+
+    # -- Embeddings -----------------------------------------------------
+
+    def _embeddings(self, route: str, body: dict[str, Any], model: str, usage: Usage) -> None:
+        def vector(i: int) -> list[float]:
+            return [round(0.125 * (i + 1) * k, 3) for k in range(1, 9)]
+
+        if route == "embeddings":
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": vector(i)}
+                        for i in range(count)
+                    ],
+                    "model": model,
+                    "usage": {
+                        "prompt_tokens": usage.input_tokens,
+                        "total_tokens": usage.input_tokens,
+                    },
+                },
+            )
+            return
+        requests = body.get("requests")
+        count = len(requests) if isinstance(requests, list) else 0
+        self._send_json(200, {"embeddings": [{"values": vector(i)} for i in range(count)]})
 
     # -- OpenAI / xAI Chat Completions ----------------------------------
 
