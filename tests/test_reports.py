@@ -425,7 +425,8 @@ def test_report_models_use_the_sql_report_columns_names(conn: Conn) -> None:
     ).fetchall()
     sql_names = {r[0] for r in rows}
     derived = {"success_rate", "unique_users", "first_at", "last_at", "cost_per_1k_tokens",
-               "date", "group_by", "groups"}  # fmt: skip
+               "date", "group_by", "groups",
+               "unpriced_requests"}  # count of api_usage_logs.unpriced rows  # fmt: skip
     for model in (reports.Totals, reports.Group, reports.DailyPoint, reports.ModelPerformance,
                   reports.UsageTotals, reports.UsageGroup, reports.AggregatedUsage):  # fmt: skip
         assert set(model.model_fields) - sql_names - derived == set(), model.__name__
