@@ -8,14 +8,17 @@ cross-process locking and crash safety (``synchronous=FULL`` fsyncs every commit
 standard library; a hand-rolled log would need its own compaction, locking and recovery.
 
 Durable first: a tracker queues every usage event here the moment the provider answered and
-calls the backend meanwhile; a writer thread commits (fsyncs) what is queued, several settles
-in one commit, and the tracker waits for that commit before it reports an event deferred or
-refused. Once the backend acknowledged an event its delete is queued behind the insert (which
-is skipped when it was not written yet). So a process killed at any instant after the provider
-answered leaves the event either in the database or on disk for its successor, and the common
-case (database up) pays no fsync on the caller's thread. Replays are idempotent:
-``record_usage`` treats the same ``(organization_id, request_id)`` as one event, so an event
-delivered twice (a crash between the backend's commit and the outbox's delete) is charged once.
+calls the backend meanwhile; a writer thread commits (fsyncs) what is queued after a short
+window (``GROUP_COMMIT_WINDOW``), several settles in one commit, and the tracker waits for that
+commit before it reports an event deferred or refused. Once the backend acknowledged an event
+its delete is queued behind the insert (which is skipped when it was not written yet). So the
+common case (database up) pays no fsync on the caller's thread, and a process killed after the
+provider answered leaves the event in the database or on disk for its successor — unless it
+dies within the window and the commit that follows it (a few milliseconds; longer only while
+another process holds the file's lock), the same kind of gap as an answer still in transit.
+Replays are idempotent: ``record_usage`` treats the same ``(organization_id, request_id)`` as
+one event, so an event delivered twice (a crash between the backend's commit and the outbox's
+delete) is charged once.
 
 Each event is bound to the database it is meant for (its *target*: ``pg:<system
 identifier>/<database>``, or ``url:<URL without password>`` before the first connection, or
@@ -147,8 +150,7 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self._writes: list[Written] = []
         self._writes_cv = threading.Condition()
-        self._writer: threading.Thread | None = None
-        self._writer_stop = False
+        self._writer: tuple[threading.Thread, threading.Event] | None = None
         db = self._db()
         db.execute("begin immediate")  # one process creates or upgrades the file at a time
         try:
@@ -241,22 +243,26 @@ class Outbox:
     def _queue(self, write: Written) -> Written:
         with self._writes_cv:
             self._writes.append(write)
-            if self._writer is None or not self._writer.is_alive():
-                self._writer_stop = False
-                self._writer = threading.Thread(
-                    target=self._write_loop, name="quotaflow-outbox-writer", daemon=True
-                )
-                self._writer.start()
-            self._writes_cv.notify()
+            if self._writer is None or not self._writer[0].is_alive():
+                # Each writer has its own stop flag: one told to stop while a new one starts
+                # (a write queued during close) drains and exits, the new one carries on.
+                stop = threading.Event()
+                thread = threading.Thread(
+                    target=self._write_loop, args=(stop,), name="quotaflow-outbox-writer",
+                    daemon=True,
+                )  # fmt: skip
+                self._writer = (thread, stop)
+                thread.start()
+            self._writes_cv.notify_all()
         return write
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, stop: threading.Event) -> None:
         while True:
             with self._writes_cv:
-                while not self._writes and not self._writer_stop:
+                while not self._writes and not stop.is_set():
                     self._writes_cv.wait()
                 deadline = time.monotonic() + GROUP_COMMIT_WINDOW
-                while not self._writer_stop and (left := deadline - time.monotonic()) > 0:
+                while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
                     self._writes_cv.wait(left)
                 batch, self._writes = self._writes, []
             if not batch:
@@ -272,24 +278,16 @@ class Outbox:
 
     def _write(self, batch: list[Written]) -> None:
         """One transaction, one fsync, for every write queued meanwhile. An insert whose
-        delete is queued behind it is written by neither (the backend has the event)."""
+        delete is queued behind it is not written (the backend has the event); the delete
+        still runs, for a row an earlier attempt left under the same request_id (a delete
+        that finds nothing writes nothing)."""
         last_delete = {w.key: i for i, w in enumerate(batch) if w.kind == "delete"}
-        first_insert: dict[tuple[str, str], int] = {}
-        for i, w in enumerate(batch):
-            if w.kind == "insert":
-                first_insert.setdefault(w.key, i)
         inserts = [
             (*w.params[:3], w.params[3].model_dump_json(), *w.params[4:])
             for i, w in enumerate(batch)
             if w.kind == "insert" and last_delete.get(w.key, -1) < i
         ]
-        deletes = [
-            w.key
-            for i, w in enumerate(batch)
-            if w.kind == "delete" and first_insert.get(w.key, i) >= i
-        ]
-        if not inserts and not deletes:
-            return
+        deletes = [w.key for w in batch if w.kind == "delete"]
         where, targets = self._mine()
         db = self._db()
         if not inserts:
@@ -313,10 +311,11 @@ class Outbox:
     def _stop_writer(self) -> None:
         with self._writes_cv:
             writer, self._writer = self._writer, None
-            self._writer_stop = True
-            self._writes_cv.notify()
+            if writer is not None:
+                writer[1].set()
+            self._writes_cv.notify_all()
         if writer is not None:
-            writer.join(timeout=15)
+            writer[0].join(timeout=15)
 
     def defer(self, event: UsageEvent, error: str) -> None:
         """The backend could not take the event now: the replayer retries it with backoff."""
