@@ -750,6 +750,12 @@ def test_embeddings_refuse_streams_and_providers_without_them(tracker: Tracker) 
             {**base, "provider": "openai", "model": "text-embedding-3-small", "stream": True},
             {"organization_id": ORG},
         )
+    with pytest.raises(quotaflow.ValidationError, match="encoding_format"):
+        tracker.execute_with_tracking(
+            {**base, "provider": "openai", "model": "text-embedding-3-small",
+             "extra": {"encoding_format": "base64"}},
+            {"organization_id": ORG},
+        )  # fmt: skip
     with pytest.raises(quotaflow.ValidationError, match="no 'embeddings' API"):
         tracker.execute_with_tracking(
             {**base, "provider": "anthropic", "model": "claude-sonnet-4-5"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -83,6 +84,14 @@ def _pending(conn: psycopg.Connection[Any]) -> int:
         "select count(*) from public.quota_reservations where status = 'pending'"
     ).fetchone()
     return int(n)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """A dropped stream settles from a thread of its own: wait (bounded) until it has."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the dropped stream was not settled"
+        time.sleep(0.02)
 
 
 def _usage_of(provider: str) -> tuple[int, int]:
@@ -325,6 +334,7 @@ def test_abandoned_and_dropped_streams_settle_with_a_flagged_estimate(
     next(iter(dropped))
     del dropped  # neither finished nor closed: settled when collected
     gc.collect()
+    _eventually(lambda: len(_rows(conn)) == 2)
     rows = _rows(conn)
     assert len(rows) == 2
     for input_tokens, output_tokens, cost, success, estimated in rows:
@@ -517,7 +527,8 @@ def test_openai_stream_helpers_and_an_unentered_manager(
     assert _pending(conn) == 1
     del unused
     gc.collect()
-    assert _pending(conn) == 0 and len(_rows(conn)) == 1
+    _eventually(lambda: _pending(conn) == 0)
+    assert len(_rows(conn)) == 1
     assert conn.execute(
         "select status from public.quota_reservations where request_id = 'never-entered'"
     ).fetchone() == ("released",)

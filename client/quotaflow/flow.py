@@ -344,10 +344,14 @@ class SdkStreamTap:
         self.settled = False
 
     def feed(self, event: Any) -> None:
-        data = to_plain(event)
-        if not isinstance(data, Mapping):
+        try:
+            data = to_plain(event)
+            if not isinstance(data, Mapping):
+                return
+            self._usage.add(data)
+        except QuotaflowError:  # an event it cannot read: the app's stream goes on
+            log.debug("request %s: unreadable stream event", self.call.request_id)
             return
-        self._usage.add(data)
         kind = data.get("type")
         if isinstance(kind, str) and kind.startswith("response.") and self._adapter.api == "chat":
             self._adapter = get_adapter(self.provider, "responses")
@@ -407,6 +411,7 @@ def _wrap_call(
     messages: Sequence[Any],
     max_tokens: int | None,
     params: Mapping[str, Any] | None = None,
+    api: str | None = None,
 ) -> _Call:
     if params is None:
         if not model:
@@ -425,7 +430,7 @@ def _wrap_call(
     if not isinstance(model, str) or not model:
         raise ValidationError("params has no model", field="params.model")
     p = normalise_provider(provider) if isinstance(provider, str) else provider
-    api = "responses" if p in ("openai", "xai") and "input" in plain else "chat"
+    api = api or ("responses" if p in ("openai", "xai") and "input" in plain else "chat")
     cap, extra = _sdk_output_fields(p, api, plain)
     call = _prepare(
         {
@@ -440,6 +445,13 @@ def _wrap_call(
     )
     call.prompt_tokens = count_message_tokens(p, model, _sdk_prompt(plain))
     return call
+
+
+def sdk_api(call: Any) -> str | None:
+    """The API an SDK method belongs to, from its resource class (openai's
+    ``client.embeddings.create`` -> embeddings, ``client.responses.create`` -> responses)."""
+    resource = type(getattr(call, "__self__", None)).__name__.removeprefix("Async").lower()
+    return {"embeddings": "embeddings", "responses": "responses"}.get(resource)
 
 
 def _sdk_plain(value: Any) -> Any:
@@ -468,6 +480,8 @@ def _sdk_output_fields(
         choices = config.get("candidate_count", config.get("candidateCount"))
         extra = {} if choices is None else {"generationConfig": {"candidateCount": choices}}
         return cap_of(config, "max_output_tokens", "maxOutputTokens"), extra
+    if api == "embeddings":
+        return None, {}
     if provider == "anthropic" or api == "responses":
         return cap_of(params, "max_tokens" if provider == "anthropic" else "max_output_tokens"), {}
     extra = {f: params[f] for f in ("n", "best_of") if params.get(f) is not None}

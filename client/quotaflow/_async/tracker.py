@@ -8,6 +8,7 @@ import functools
 import inspect  # async-only
 import io
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from typing import IO, Any, overload
 
 from quotaflow._async._compat import to_thread
 from quotaflow._sync.tracker import TrackedSdkManager, TrackedSdkStream  # async-only
-from quotaflow.errors import ProviderError, ValidationError
+from quotaflow.errors import ProviderError, QuotaflowError, ValidationError
 from quotaflow.flow import (
     ASYNC_STREAM_GIVEN,
     Flow,
@@ -35,6 +36,7 @@ from quotaflow.flow import (
     _UserCall,
     _wrap_call,
     _wrap_flow,
+    sdk_api,
 )
 from quotaflow.models import (
     AIModelRequest,
@@ -148,7 +150,8 @@ class AsyncTracker(TrackerBase):
         ``.stream()`` helpers) as an :class:`AsyncTrackedSdkManager`. Those settle when the
         stream ends, breaks, is closed or dropped.
         """
-        tracked = _wrap_call(context, provider, model, messages, max_tokens, params)
+        api = None if params is None else sdk_api(call)
+        tracked = _wrap_call(context, provider, model, messages, max_tokens, params, api)
         run = call if params is None else functools.partial(call, **params)
         raw, record = await self._run(_wrap_flow(tracked, run))
         if record is not None:
@@ -395,17 +398,36 @@ class AsyncTrackedSdkStream:
         if self._tap.settled:
             return
         self._tap.settled = True
-        self.usage_record = await to_thread(self._tracker._settle, self._tap.event(error))
+        try:
+            self.usage_record = await to_thread(self._tracker._settle, self._tap.event(error))
+        except QuotaflowError:
+            # The app's stream ends as the SDK's does; the event is in the outbox (refused
+            # events stay there, dead, for a person to look at).
+            log.exception("could not settle stream %s", self._tap.call.request_id)
 
     def __del__(self) -> None:
-        # Dropped unfinished and unclosed: settled here (blocking) so no hold stays pending.
+        # Dropped unfinished and unclosed: settled from a thread of its own (never on the
+        # thread the collector ran on: an event loop, the outbox writer) so no hold stays.
         tap = self.__dict__.get("_tap")
         if tap is not None and not tap.settled:
             tap.settled = True
-            try:
-                self.usage_record = self._tracker._settle(tap.event(None))
-            except Exception:
-                log.exception("could not settle abandoned stream %s", tap.call.request_id)
+            threading.Thread(
+                target=_settle_dropped, args=(self._tracker, tap), daemon=True
+            ).start()
+
+
+def _settle_dropped(tracker: TrackerBase, tap: SdkStreamTap) -> None:
+    try:
+        tracker._settle(tap.event(None))
+    except Exception:
+        log.exception("could not settle abandoned stream %s", tap.call.request_id)
+
+
+def _release_unentered(tracker: TrackerBase, call: _Call) -> None:
+    try:
+        tracker._perform_backend(_Release(call))
+    except Exception:
+        log.exception("could not release %s", call.request_id)
 
 
 class AsyncTrackedSdkManager:
@@ -457,7 +479,6 @@ class AsyncTrackedSdkManager:
     def __del__(self) -> None:
         # Never entered: the SDK sent no request, so the hold is released, not settled.
         if self.__dict__.get("_tap") is None and "_call" in self.__dict__:
-            try:
-                self._tracker._perform_backend(_Release(self._call))
-            except Exception:
-                log.exception("could not release %s", self._call.request_id)
+            threading.Thread(
+                target=_release_unentered, args=(self._tracker, self._call), daemon=True
+            ).start()

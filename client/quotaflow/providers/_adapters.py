@@ -533,6 +533,19 @@ class GeminiAdapter(Adapter):
 # --------------------------------------------------------------------------------------------
 
 
+def _float_vectors(vectors: Any) -> list[list[float]] | None:
+    """The vectors when every one is a list of numbers, else None: a shape this does not know
+    must not fail the call after the provider answered (its usage is still recorded)."""
+    out = []
+    for v in vectors:
+        if not isinstance(v, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+        ):
+            return None
+        out.append([float(x) for x in v])
+    return out
+
+
 def _embedding_inputs(request: AIModelRequest) -> list[str]:
     """The texts to embed: one per message, in order."""
     return [_text_of(m.content) for m in request.messages]
@@ -562,6 +575,11 @@ class OpenAIEmbeddingsAdapter(_EmbeddingsMixin, OpenAIChatAdapter):
     ) -> PreparedRequest:
         if request.stream or stream:
             raise ValidationError("embeddings do not stream", field="stream")
+        if request.extra.get("encoding_format", "float") != "float":
+            raise ValidationError(
+                "only float embeddings are returned (encoding_format: float)",
+                field="extra.encoding_format",
+            )
         body: dict[str, Any] = {"model": request.model, "input": _embedding_inputs(request)}
         body.update(request.extra)
         return PreparedRequest("POST", self.path, self._headers(api_key, False), body, False)
@@ -571,9 +589,9 @@ class OpenAIEmbeddingsAdapter(_EmbeddingsMixin, OpenAIChatAdapter):
 
     def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
         data = body.get("data")
-        items = data if isinstance(data, list) else []
-        ordered = sorted(items, key=lambda d: d.get("index", 0) if isinstance(d, Mapping) else 0)
-        return [list(d.get("embedding") or []) for d in ordered if isinstance(d, Mapping)]
+        items = [d for d in data if isinstance(d, Mapping)] if isinstance(data, list) else []
+        items.sort(key=lambda d: int(d["index"]) if isinstance(d.get("index"), int) else 0)
+        return _float_vectors(d.get("embedding") for d in items)
 
 
 class GeminiEmbeddingsAdapter(_EmbeddingsMixin, GeminiAdapter):
@@ -605,7 +623,7 @@ class GeminiEmbeddingsAdapter(_EmbeddingsMixin, GeminiAdapter):
     def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
         items = body.get("embeddings")
         items = items if isinstance(items, list) else []
-        return [list(e.get("values") or []) for e in items if isinstance(e, Mapping)]
+        return _float_vectors(e.get("values") for e in items if isinstance(e, Mapping))
 
 
 # --------------------------------------------------------------------------------------------
