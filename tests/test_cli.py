@@ -205,6 +205,12 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
     code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync", "--dry-run")
     assert code == 0 and "dry run, nothing written" in out and "+ openai/gpt-6-sol" in out
     assert conn.execute(catalogue).fetchone() == (n_before,)
+    # An operator's own price (here on a model the snapshot also lists) is never synced over.
+    conn.execute(
+        "update public.cost_estimates set input_usd_per_mtok = 0.01, managed = false"
+        " where provider = 'openai' and model = 'gpt-5.6-luna' and effective_to is null"
+    )
+    rows = [r for r in rows if (r.provider, r.model) != ("openai", "gpt-5.6-luna")]
 
     code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync")
     assert code == 0, out
@@ -212,8 +218,13 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
     assert " new, " in summary and " 0 new," not in summary
     # grok-4.20 was seeded at $2/$6; LiteLLM lists $1.25/$2.50
     assert "~ xai/grok-4.20: input 2.00 -> 1.25, output 6.00 -> 2.5," in out
+    assert "= openai/gpt-5.6-luna: kept the operator's price" in out
     code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync")
-    assert code == 0 and ": 0 new, 0 changed," in out
+    assert code == 0 and ": 0 new, 0 changed," in out and "1 operator price(s) kept" in out
+    assert conn.execute(
+        "select input_usd_per_mtok from public.cost_estimates"
+        " where model = 'gpt-5.6-luna' and effective_to is null"
+    ).fetchone() == (D("0.01"),)
 
     current = {
         (r[0], r[1]): r[2:]
@@ -273,7 +284,8 @@ def test_pricing_sync_from_a_url_of_a_litellm_map(
         code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync", "--from", url)
     finally:
         server.shutdown()
-    assert code == 0 and f"LiteLLM map {url}: " in out and "+ openai/gpt-test-1" in out
+    assert code == 0 and f"LiteLLM map {url} + 2 override(s): " in out
+    assert "+ openai/gpt-test-1" in out
     assert prices(conn, "gpt-test-1")[0]["input_usd_per_mtok"] == D("0.11")
 
 

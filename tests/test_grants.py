@@ -88,6 +88,7 @@ authenticated private.display_rate_periods/3 EXECUTE
 authenticated private.effective_quotas/1 EXECUTE
 authenticated private.has_org_role/2 EXECUTE
 authenticated private.member_organization_ids/0 EXECUTE
+authenticated private.lookup_price/3 EXECUTE
 authenticated private.metric_amount/3 EXECUTE
 authenticated private.normalise_model/1 EXECUTE
 authenticated private.quota_applies/5 EXECUTE

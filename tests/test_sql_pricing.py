@@ -249,6 +249,21 @@ def test_reprice_prices_unpriced_rows_at_their_time_and_charges_open_usd_windows
     assert conn.execute("select * from public.reprice_usage()").fetchone() == (0, 0)
 
 
+def test_reprice_is_not_held_back_by_older_rows_still_without_a_price(
+    conn: psycopg.Connection[Any],
+) -> None:
+    org = _org(conn)
+    for i in range(3):  # the oldest: a model that stays unknown
+        _record(conn, org, f"old-{i}", model="gpt-never", input_tokens=10,
+                occurred_at="2026-01-01T00:00:00Z")  # fmt: skip
+    _record(conn, org, "new-1", model="gpt-9-ultra", input_tokens=1_000_000)
+    conn.execute(
+        "insert into public.cost_estimates (provider, model, input_usd_per_mtok,"
+        " output_usd_per_mtok, effective_from) values ('openai', 'gpt-9-ultra', 2, 8, '2020-01-01')"
+    )
+    assert conn.execute("select * from public.reprice_usage(max_rows => 2)").fetchone() == (1, 3)
+
+
 def test_an_organizations_fallback_price_prices_unknown_models_both_ways(
     conn: psycopg.Connection[Any],
 ) -> None:
@@ -264,8 +279,17 @@ def test_an_organizations_fallback_price_prices_unknown_models_both_ways(
         (org,),
     ).fetchone()
     assert held == (D("2.5"),)
+    conn.execute(
+        "insert into public.usage_quotas (organization_id, quota_type, metric, quota_limit, model)"
+        " values (%s, 'monthly', 'usd', 100, 'gpt-4o'), (%s, 'monthly', 'usd', 100, 'gpt-9-ultra')",
+        (org, org),
+    )
     got = _record(conn, org, "fb-1", model="gpt-9-ultra", input_tokens=1_000_000)
     assert (got["cost_usd"], got["unpriced"]) == (D("2.5"), False)
+    # Quotas match the call's own model, not the fallback's.
+    assert dict(
+        conn.execute("select model, current_usage from public.usage_quotas").fetchall()
+    ) == {"gpt-4o": 0, "gpt-9-ultra": D("2.5")}
     assert conn.execute("select model, priced_model from public.api_usage_logs").fetchone() == (
         "gpt-9-ultra",
         "gpt-4o",

@@ -28,8 +28,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         with connect(args) as conn, conn.transaction():
             counts, _, what = pricing.sync(conn)
         print(
-            f"prices: synced to {what}: {counts['new']} new, {counts['changed']} changed"
-            " (quotaflow pricing sync --dry-run shows the diff)",
+            f"prices: synced to {what}: {counts['new']} new, {counts['changed']} changed,"
+            f" {counts['custom']} operator price(s) kept (quotaflow pricing sync --dry-run"
+            " shows the diff)",
             flush=True,
         )
     return 0

@@ -201,13 +201,20 @@ def _changes(current: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def apply_prices(
-    conn: Any, rows: Sequence[PriceRow], *, source_url: str, only_existing: bool = False
+    conn: Any,
+    rows: Sequence[PriceRow],
+    *,
+    source_url: str,
+    only_existing: bool = False,
+    managed: bool = False,
 ) -> tuple[dict[str, int], list[str]]:
     """Brings cost_estimates up to ``rows``: a new model is added (from the catalogue's start,
     or after its last closed row), a changed price closes the current row now and opens a new
     one from now (never back-dated, so logged costs never move), an unchanged one is left
-    alone; models absent from ``rows`` are not touched. Returns counts and diff lines."""
-    counts = {"new": 0, "changed": 0, "unchanged": 0}
+    alone; models absent from ``rows`` are not touched. ``managed`` (a sync): the rows written
+    are quotaflow's, and a current row an operator set (``managed`` false) is kept and
+    reported. Returns counts and diff lines."""
+    counts = {"new": 0, "changed": 0, "unchanged": 0, "custom": 0}
     diff: list[str] = []
     now = conn.execute("select now() as t").fetchone()["t"]
     for row in rows:
@@ -222,12 +229,17 @@ def apply_prices(
             continue
         if current is None and only_existing:
             continue
+        if current is not None and managed and not current["managed"]:
+            counts["custom"] += 1
+            diff.append(f"= {row.provider}/{row.model}: kept the operator's price")
+            continue
         values = {
             **row.prices,
             "provider": row.provider,
             "model": row.model,
             "source_url": row.source_url or source_url,
             "checked_on": row.checked_on or date.today(),
+            "managed": managed,
         }
         if current is not None:
             conn.execute(
@@ -313,6 +325,8 @@ def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> l
     for o in overrides:
         key = (o["provider"], o["model"])
         base = by_key.get(key)
+        if base is None and not {"input_usd_per_mtok", "output_usd_per_mtok"} <= set(o["fields"]):
+            continue  # corrects a model this source does not list
         prices: dict[str, Decimal | int | None] = (
             dict(base.prices) if base else dict.fromkeys(PRICE_FIELDS)
         )
@@ -329,12 +343,21 @@ def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> l
     return sorted(by_key.values(), key=lambda r: (r.provider, r.model))
 
 
+def _overrides() -> list[dict[str, Any]]:
+    from .._resources import read_text
+
+    overrides: list[dict[str, Any]] = json.loads(read_text("_prices", "overrides.json"))[
+        "overrides"
+    ]
+    return overrides
+
+
 def shipped_prices() -> tuple[list[PriceRow], str]:
     """The package's snapshot with its overrides applied, and a line saying what it is."""
     from .._resources import read_text
 
     data = json.loads(read_text("_prices", "snapshot.json"))
-    overrides = json.loads(read_text("_prices", "overrides.json"))["overrides"]
+    overrides = _overrides()
     rows = _apply_overrides(_snapshot_rows(data), overrides)
     return rows, f"{data['source']} of {data['generated_on']} + {len(overrides)} override(s)"
 
@@ -368,14 +391,20 @@ def prices_from(source: str | None) -> tuple[list[PriceRow], str]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"{source} is not JSON: {exc}") from exc
+    # quotaflow's overrides correct LiteLLM's map whichever copy of it is synced.
+    overrides = _overrides()
     if isinstance(data, dict) and isinstance(data.get("models"), list):
-        return _snapshot_rows(data), f"snapshot {source}"
-    return parse_litellm_prices(text, modes=SNAPSHOT_MODES).rows, f"LiteLLM map {source}"
+        rows = _snapshot_rows(data)
+        what = f"snapshot {source}"
+    else:
+        rows = parse_litellm_prices(text, modes=SNAPSHOT_MODES).rows
+        what = f"LiteLLM map {source}"
+    return _apply_overrides(rows, overrides), f"{what} + {len(overrides)} override(s)"
 
 
 def sync(conn: Any, source: str | None = None) -> tuple[dict[str, int], list[str], str]:
     rows, what = prices_from(source)
-    counts, diff = apply_prices(conn, rows, source_url=LITELLM_URL)
+    counts, diff = apply_prices(conn, rows, source_url=LITELLM_URL, managed=True)
     return counts, diff, what
 
 
@@ -387,7 +416,8 @@ def cmd_pricing_sync(args: argparse.Namespace) -> int:
     prefix = "pricing sync (dry run, nothing written)" if args.dry_run else "pricing sync"
     print(
         f"{prefix} to {what}: {counts['new']} new, {counts['changed']} changed,"
-        f" {counts['unchanged']} unchanged; models not in it left as they are"
+        f" {counts['unchanged']} unchanged, {counts['custom']} operator price(s) kept;"
+        " models not in it left as they are"
     )
     return 0
 
@@ -497,4 +527,4 @@ def register(sub: Any) -> None:
         cmd_pricing_reprice,
     )
     p.add_argument("--organization", help="only this organization's rows (id or name)")
-    p.add_argument("--batch", type=int, default=10000, help="rows per transaction")
+    p.add_argument("--batch", type=int, default=1000, help="rows per transaction")

@@ -94,9 +94,9 @@ $$;
 revoke execute on function private.snapshot_base(text) from public;
 grant execute on function private.snapshot_base(text) to authenticated, service_role;
 
--- The price row for a provider and model at an instant (see the top of this file). Raises
--- QF002 when the model is unknown, so it is never priced as $0 or as another model.
-create or replace function private.resolve_price(p_provider text, p_model text, p_at timestamptz)
+-- The price row for a provider and model at an instant (see the top of this file), or null
+-- when the model is unknown.
+create or replace function private.lookup_price(p_provider text, p_model text, p_at timestamptz)
 returns public.cost_estimates
 language plpgsql
 stable
@@ -131,9 +131,32 @@ begin
     end if;
     exit when base = m;
   end loop;
-  raise exception 'no price for % model % at %', p, m, p_at
+  return null;
+end;
+$$;
+revoke execute on function private.lookup_price(text, text, timestamptz) from public;
+grant execute on function private.lookup_price(text, text, timestamptz) to authenticated, service_role;
+
+-- The same, raising QF002 when the model is unknown, so it is never priced as $0 or as
+-- another model.
+create or replace function private.resolve_price(p_provider text, p_model text, p_at timestamptz)
+returns public.cost_estimates
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  price public.cost_estimates := private.lookup_price(p_provider, p_model, p_at);
+begin
+  if price.id is not null then
+    return price;
+  end if;
+  raise exception 'no price for % model % at %', pg_catalog.lower(pg_catalog.btrim(p_provider)),
+    private.normalise_model(p_model), p_at
     using errcode = 'QF002',
-          detail = pg_catalog.json_build_object('provider', p, 'model', m, 'at', p_at)::text,
+          detail = pg_catalog.json_build_object('provider', pg_catalog.lower(pg_catalog.btrim(p_provider)),
+                                                'model', private.normalise_model(p_model),
+                                                'at', p_at)::text,
           hint = 'add the model (quotaflow pricing sync, or an alias in model_aliases); '
                  'a variant of a known model is not priced as that model';
 end;

@@ -29,32 +29,24 @@ create index api_usage_logs_unpriced_idx on public.api_usage_logs (organization_
 update public.api_usage_logs l set priced_model = ce.model
   from public.cost_estimates ce where ce.id = l.price_id and l.priced_model is null;
 
--- The price of a model for an organization: the catalogue's, else the organization's fallback
--- model's, else QF002.
-create or replace function private.price_for(org uuid, p_provider text, p_model text, p_at timestamptz)
+-- The organization's fallback price at an instant (the price of its fallback model), or null
+-- when it has none.
+create or replace function private.fallback_price(org uuid, p_at timestamptz)
 returns public.cost_estimates
-language plpgsql
+language sql
 stable
 set search_path = ''
 as $$
-declare
-  fb_provider text;
-  fb_model text;
-begin
-  return private.resolve_price(p_provider, p_model, p_at);
-exception when sqlstate 'QF002' then
-  select o.fallback_provider, o.fallback_model into fb_provider, fb_model
-    from public.organizations o where o.id = org;
-  if fb_model is null then
-    raise;
-  end if;
-  return private.resolve_price(fb_provider, fb_model, p_at);
-end;
+  select (private.lookup_price(o.fallback_provider, o.fallback_model, p_at)).*
+  from public.organizations o
+  where o.id = org and o.fallback_model is not null
 $$;
-revoke execute on function private.price_for(uuid, text, text, timestamptz) from public;
-grant execute on function private.price_for(uuid, text, text, timestamptz) to service_role;
+revoke execute on function private.fallback_price(uuid, timestamptz) from public;
+grant execute on function private.fallback_price(uuid, timestamptz) to service_role;
 
--- reserve_quota: as in 20261202100100_request_id_conflicts.sql, priced through private.price_for.
+-- reserve_quota: as in 20261202100100_request_id_conflicts.sql, with the organization's fallback
+-- price for an unknown model (quotas are matched on the call's own model then, never the
+-- fallback's).
 create or replace function public.reserve_quota(
   organization_id uuid,
   request_id text,
@@ -90,6 +82,7 @@ declare
   cost numeric := reserve_quota.estimated_cost;
   toks bigint;
   pr public.cost_estimates;
+  canonical text;
   existing public.quota_reservations;
   expired_ids uuid[];
   expired_quotas uuid[] := '{}'::uuid[];
@@ -159,7 +152,15 @@ begin
     return;
   end if;
 
-  pr := private.price_for(org, prov, mdl, now());
+  pr := private.lookup_price(prov, mdl, now());
+  canonical := pr.model;
+  if pr.id is null then
+    pr := private.fallback_price(org, now());
+    canonical := mdl;
+    if pr.id is null then
+      perform private.resolve_price(prov, mdl, now());  -- QF002, with its detail
+    end if;
+  end if;
   toks := reserve_quota.input_tokens + reserve_quota.max_output_tokens;
   if cost is null then
     cost := (private.cost_parts(pr, reserve_quota.input_tokens, reserve_quota.max_output_tokens, 0, 0)).total_cost;
@@ -188,7 +189,7 @@ begin
     where u.organization_id = org
       and (((u.user_id is null or u.user_id = uid)
             and (u.provider is null or u.provider = prov)
-            and (u.model is null or u.model = mdl or u.model = pr.model))
+            and (u.model is null or u.model = mdl or u.model = canonical))
            or u.id = any (expired_quotas))
     order by u.id
     for update
@@ -206,7 +207,7 @@ begin
     end if;
     if (q.user_id is null or q.user_id = uid)
        and (q.provider is null or q.provider = prov)
-       and (q.model is null or q.model = mdl or q.model = pr.model) then
+       and (q.model is null or q.model = mdl or q.model = canonical) then
       amount := case q.metric when 'usd' then cost when 'tokens' then toks::numeric else 1 end;
       if q.current_usage + q.reserved + amount > q.quota_limit then
         if q.enforcement = 'hard' then
@@ -344,19 +345,20 @@ begin
   end if;
 
   toks := record_usage.input_tokens + record_usage.output_tokens;
-  begin
-    pr := private.price_for(org, prov, mdl, at);
-    canonical := pr.model;
+  pr := private.lookup_price(prov, mdl, at);
+  canonical := coalesce(pr.model, mdl);
+  if pr.id is null then
+    pr := private.fallback_price(org, at);  -- quotas still match the call's own model
+  end if;
+  if pr.id is not null then
     cost := (private.cost_parts(pr, record_usage.input_tokens, record_usage.output_tokens,
                                 record_usage.cached_input_tokens, record_usage.cache_write_tokens)).total_cost;
-  exception when sqlstate 'QF002' then
+  else
     -- The call happened: its row is kept with its tokens, unpriced (cost 0 until
     -- reprice_usage finds a price), and counts on token and request quotas. A failed call
     -- that used nothing simply costs nothing.
-    pr := null;
-    canonical := mdl;
     no_price := ok or toks > 0;
-  end;
+  end if;
 
   select r.* into res from public.quota_reservations r
    where r.organization_id = org and r.request_id = rid
@@ -561,9 +563,11 @@ grant execute on function public.record_usage_batch(jsonb) to service_role;
 -- Prices unpriced rows whose model the catalogue (or the organization's fallback) now knows,
 -- at the price in force when each call happened, and charges the usd quotas the call applies
 -- to whose window it fell in, when that window is still open (a closed window is history).
--- Bounded: at most max_rows rows per call, skipping rows another reprice holds; run it again
--- until still_unpriced stops falling.
-create or replace function public.reprice_usage(organization_id uuid default null, max_rows integer default 10000)
+-- Only rows that can be priced are taken (oldest first, at most max_rows, skipping rows another
+-- reprice holds), so rows of a still unknown model never hold the others back; the quota rows
+-- are locked once, at the end, in id order, as record_usage locks them. Run it again while
+-- repriced = max_rows.
+create or replace function public.reprice_usage(organization_id uuid default null, max_rows integer default 1000)
 returns table (repriced bigint, still_unpriced bigint)
 language plpgsql
 volatile
@@ -572,11 +576,15 @@ set search_path = ''
 as $$
 #variable_conflict use_variable
 declare
+  org uuid := reprice_usage.organization_id;
   l public.api_usage_logs;
   pr public.cost_estimates;
+  canonical text;
   cost numeric;
   rate numeric;
   done bigint := 0;
+  quota_ids uuid[] := array[]::uuid[];
+  amounts numeric[] := array[]::numeric[];
   q public.usage_quotas;
 begin
   if max_rows is null or max_rows < 1 or max_rows > 100000 then
@@ -584,16 +592,18 @@ begin
   end if;
   for l in
     select u.* from public.api_usage_logs u
-    where u.unpriced and (reprice_usage.organization_id is null or u.organization_id = reprice_usage.organization_id)
-    order by u.occurred_at
+    where u.unpriced and (org is null or u.organization_id = org)
+      and ((private.lookup_price(u.provider, u.model, u.occurred_at)).id is not null
+           or (private.fallback_price(u.organization_id, u.occurred_at)).id is not null)
+    order by u.occurred_at, u.id
     limit max_rows
-    for update skip locked
+    for update of u skip locked
   loop
-    begin
-      pr := private.price_for(l.organization_id, l.provider, l.model, l.occurred_at);
-    exception when sqlstate 'QF002' then
-      continue;
-    end;
+    pr := private.lookup_price(l.provider, l.model, l.occurred_at);
+    canonical := coalesce(pr.model, l.model);
+    if pr.id is null then
+      pr := private.fallback_price(l.organization_id, l.occurred_at);
+    end if;
     cost := (private.cost_parts(pr, l.input_tokens, l.output_tokens, l.cached_input_tokens,
                                 l.cache_write_tokens)).total_cost;
     select o.credits_per_usd into rate from public.organizations o where o.id = l.organization_id;
@@ -601,26 +611,32 @@ begin
        set cost_usd = cost, credits = trim_scale(cost * rate), price_id = pr.id,
            priced_model = pr.model, unpriced = false
      where u.id = l.id;
-    for q in
-      select u.* from public.usage_quotas u
-      where u.organization_id = l.organization_id and u.metric = 'usd'
-        and (u.user_id is null or u.user_id = l.user_id)
-        and (u.provider is null or u.provider = l.provider)
-        and (u.model is null or u.model = l.model or u.model = pr.model)
-        and u.window_start <= l.occurred_at
-        and (u.reset_at is null or (l.occurred_at < u.reset_at and u.reset_at > now()))
-      order by u.id
-      for update
-    loop
-      update public.usage_quotas u
-         set current_usage = trim_scale(u.current_usage + cost), updated_at = now()
-       where u.id = q.id;
-    end loop;
+    select quota_ids || coalesce(array_agg(u.id), '{}'),
+           amounts || coalesce(array_agg(cost), '{}')
+      into quota_ids, amounts
+    from public.usage_quotas u
+    where u.organization_id = l.organization_id and u.metric = 'usd'
+      and (u.user_id is null or u.user_id = l.user_id)
+      and (u.provider is null or u.provider = l.provider)
+      and (u.model is null or u.model = l.model or u.model = canonical)
+      and u.window_start <= l.occurred_at
+      and (u.reset_at is null or (l.occurred_at < u.reset_at and u.reset_at > now()));
     done := done + 1;
   end loop;
+  for q in
+    select u.* from public.usage_quotas u where u.id = any (quota_ids) order by u.id for update
+  loop
+    if q.reset_at is null or q.reset_at > now() then
+      update public.usage_quotas u
+         set current_usage = trim_scale(u.current_usage
+                                        + (select sum(t.a) from unnest(quota_ids, amounts) t(i, a)
+                                           where t.i = q.id)),
+             updated_at = now()
+       where u.id = q.id;
+    end if;
+  end loop;
   return query select done, (select count(*) from public.api_usage_logs u
-                             where u.unpriced and (reprice_usage.organization_id is null
-                                                   or u.organization_id = reprice_usage.organization_id));
+                             where u.unpriced and (org is null or u.organization_id = org));
 end;
 $$;
 comment on function public.reprice_usage(uuid, integer) is
