@@ -82,8 +82,11 @@ authenticated private.assert_model_cap/2 EXECUTE
 authenticated private.assert_report_args/3 EXECUTE
 authenticated private.assert_text_cap/3 EXECUTE
 authenticated private.assert_time_zone/1 EXECUTE
+authenticated private.assert_usage_details/5 EXECUTE
 authenticated private.assert_tokens/4 EXECUTE
+authenticated private.bucket_price/3 EXECUTE
 authenticated private.cost_parts/5 EXECUTE
+authenticated private.details_cost/3 EXECUTE
 authenticated private.display_rate_periods/3 EXECUTE
 authenticated private.effective_quotas/1 EXECUTE
 authenticated private.has_org_role/2 EXECUTE
@@ -98,6 +101,7 @@ authenticated private.window_bounds/4 EXECUTE
 authenticated public.check_quota/6 EXECUTE
 authenticated public.estimate_cost/7 EXECUTE
 authenticated public.estimate_cost_breakdown/7 EXECUTE
+authenticated public.estimate_usage_cost/8 EXECUTE
 authenticated public.get_quota_status/1 EXECUTE
 authenticated public.model_performance/4 EXECUTE
 authenticated public.top_users/4 EXECUTE
@@ -118,11 +122,14 @@ authenticated public.api_keys.revoked_at SELECT
 authenticated public.api_usage_logs SELECT
 authenticated public.cost_estimates SELECT
 authenticated public.currency_rates SELECT
+authenticated public.dimension_defaults SELECT
 authenticated public.model_aliases SELECT
 authenticated public.provider_billing_rules SELECT
 authenticated public.organization_members DELETE
 authenticated public.organization_members INSERT
 authenticated public.organization_members SELECT
+authenticated public.price_dimensions SELECT
+authenticated public.price_rates SELECT
 authenticated public.organization_members.role UPDATE
 authenticated public.organizations SELECT
 authenticated public.organizations.display_currency UPDATE

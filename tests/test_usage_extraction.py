@@ -21,6 +21,11 @@ from tests.provider_fixtures import FULL_USAGE, GEMINI_USAGE, fake  # noqa: F401
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
+def tokens(u: Usage) -> Usage:
+    """The counts alone: the fake provider also reports a service tier, as the real APIs do."""
+    return u.model_copy(update={"service_tier": None})
+
+
 def U(i: int, o: int, c: int = 0, w: int = 0, r: int = 0, est: bool = False) -> Usage:
     return Usage(
         input_tokens=i,
@@ -151,7 +156,10 @@ def test_anthropic_cache_creation_breakdown_only() -> None:
         "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 20},
         "output_tokens": 5,
     }
-    assert extract_usage("anthropic", usage) == U(130, 5, w=120)
+    # The 1-hour writes are kept apart: Anthropic bills them at 2x input, 5-minute at 1.25x.
+    assert extract_usage("anthropic", usage) == U(130, 5, w=120).model_copy(
+        update={"details": {"cache_write_1h": 20}}
+    )
 
 
 @pytest.mark.parametrize(
@@ -365,29 +373,29 @@ def test_extract_usage_from_a_list_of_stream_events() -> None:
 def test_openai_sdk_objects(fake: FakeProviderServer) -> None:  # noqa: F811
     client = openai.OpenAI(base_url=f"{fake.url}/v1", api_key="x", max_retries=0)
     completion = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert extract_usage("openai", completion) == FULL_USAGE
+    assert tokens(extract_usage("openai", completion)) == FULL_USAGE
     assert completion.usage is not None
-    assert extract_usage("openai", completion.usage) == FULL_USAGE  # CompletionUsage
+    assert tokens(extract_usage("openai", completion.usage)) == FULL_USAGE  # CompletionUsage
 
     chunks = list(
         client.chat.completions.create(
             model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
     )
-    assert extract_usage("openai", chunks[-1]) == FULL_USAGE  # the usage chunk
-    assert extract_usage("openai", chunks) == FULL_USAGE
+    assert tokens(extract_usage("openai", chunks[-1])) == FULL_USAGE  # the usage chunk
+    assert tokens(extract_usage("openai", chunks)) == FULL_USAGE
     with pytest.raises(ValidationError):
         extract_usage("openai", chunks[1])  # a content chunk carries usage: null
 
     response = client.responses.create(model="gpt-4o", input="hi")
-    assert extract_usage("openai", response) == FULL_USAGE
+    assert tokens(extract_usage("openai", response)) == FULL_USAGE
     assert response.usage is not None
-    assert extract_usage("openai", response.usage) == FULL_USAGE  # ResponseUsage
+    assert tokens(extract_usage("openai", response.usage)) == FULL_USAGE  # ResponseUsage
 
     events = list(client.responses.create(model="gpt-4o", input="hi", stream=True))
     assert events[-1].type == "response.completed"
-    assert extract_usage("openai", events[-1]) == FULL_USAGE
-    assert extract_usage("openai", events) == FULL_USAGE
+    assert tokens(extract_usage("openai", events[-1])) == FULL_USAGE
+    assert tokens(extract_usage("openai", events)) == FULL_USAGE
 
 
 def test_xai_through_the_openai_sdk(fake: FakeProviderServer) -> None:  # noqa: F811
@@ -396,21 +404,21 @@ def test_xai_through_the_openai_sdk(fake: FakeProviderServer) -> None:  # noqa: 
     assert completion.usage is not None
     # xAI's wire: completion_tokens excludes reasoning.
     assert completion.usage.completion_tokens == FULL_USAGE.output_tokens - 120
-    assert extract_usage("xai", completion) == FULL_USAGE
+    assert tokens(extract_usage("xai", completion)) == FULL_USAGE
     chunks = list(
         client.chat.completions.create(
             model="grok-4", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
     )
-    assert extract_usage("xai", chunks) == FULL_USAGE
+    assert tokens(extract_usage("xai", chunks)) == FULL_USAGE
 
 
 def test_anthropic_sdk_objects(fake: FakeProviderServer) -> None:  # noqa: F811
     client = anthropic.Anthropic(base_url=fake.url, api_key="x", max_retries=0)
     message = client.messages.create(model="claude-x", max_tokens=100, messages=MESSAGES)
     assert message.usage.input_tokens == 1200 - 800 - 150  # excludes cache reads and writes
-    assert extract_usage("anthropic", message) == FULL_USAGE
-    assert extract_usage("anthropic", message.usage) == FULL_USAGE
+    assert tokens(extract_usage("anthropic", message)) == FULL_USAGE
+    assert tokens(extract_usage("anthropic", message.usage)) == FULL_USAGE
 
     events = list(
         client.messages.create(model="claude-x", max_tokens=100, messages=MESSAGES, stream=True)
@@ -419,7 +427,7 @@ def test_anthropic_sdk_objects(fake: FakeProviderServer) -> None:  # noqa: F811
     delta = next(e for e in events if e.type == "message_delta")
     assert extract_usage("anthropic", start) == U(1200, 1, c=800, w=150)
     assert extract_usage("anthropic", delta) == U(0, 300, r=120)  # a delta alone: output only
-    assert extract_usage("anthropic", events) == FULL_USAGE
+    assert tokens(extract_usage("anthropic", events)) == FULL_USAGE
     acc = UsageAccumulator("anthropic")
     for e in events:
         acc.add(e)

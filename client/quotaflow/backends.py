@@ -201,6 +201,8 @@ def _event_params(e: UsageEvent) -> dict[str, Any]:
         "tags": e.tags,
         "metadata": Jsonb(e.metadata),
         "occurred_at": e.occurred_at,
+        "usage_details": Jsonb(u.details),
+        "service_tier": u.service_tier,
     }
 
 
@@ -231,6 +233,8 @@ _RECORD_SQL = (
             "tags",
             "metadata",
             "occurred_at",
+            "usage_details",
+            "service_tier",
         )
     )
     + ")"
@@ -589,6 +593,8 @@ def record_from_row(row: dict[str, Any]) -> UsageRecord:
             cached_input_tokens=r["cached_input_tokens"],
             cache_write_tokens=r["cache_write_tokens"],
             reasoning_tokens=r["reasoning_tokens"],
+            details=dict(r.get("usage_details") or {}),
+            service_tier=r.get("service_tier"),
             estimated=r["usage_estimated"],
         ),
         cost=Decimal(r["cost_usd"]),

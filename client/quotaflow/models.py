@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -125,6 +125,15 @@ class Usage(_Model):
     cached_input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
     cache_write_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
     reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
+    details: dict[
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")],
+        Annotated[int, Field(ge=0, le=MAX_TOKENS_PER_CALL)],
+    ] = Field(default_factory=dict, max_length=16)
+    """Billed dimensions beyond the token columns, by their ``price_dimensions`` name:
+    ``cache_write_1h`` (part of cache_write_tokens), ``audio_input`` (of the uncached input),
+    ``audio_output`` (of output_tokens), ``web_search`` (requests)."""
+    service_tier: str | None = Field(default=None, max_length=40)
+    """The service tier the provider reported (``standard``, ``priority``, ``flex``, ...)."""
     estimated: bool = False
     """True when the counts are not the provider's own (missing usage, abandoned stream)."""
 

@@ -162,17 +162,46 @@ def _sub(d: Mapping[str, Any], *keys: str) -> Mapping[str, Any] | None:
     return v if isinstance(v, Mapping) else None
 
 
-def _build(input_tokens: int, output_tokens: int, cached: int, write: int, reasoning: int) -> Usage:
+def _build(
+    input_tokens: int,
+    output_tokens: int,
+    cached: int,
+    write: int,
+    reasoning: int,
+    *,
+    write_1h: int = 0,
+    audio_in: int = 0,
+    audio_out: int = 0,
+    web_search: int = 0,
+    service_tier: Any = None,
+) -> Usage:
     cached = min(cached, input_tokens)
     write = min(write, input_tokens - cached)
     reasoning = min(reasoning, output_tokens)
+    details = {
+        "cache_write_1h": min(write_1h, write),
+        "audio_input": min(audio_in, input_tokens - cached - write),
+        "audio_output": min(audio_out, output_tokens),
+        "web_search": web_search,
+    }
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cached_input_tokens=cached,
         cache_write_tokens=write,
         reasoning_tokens=reasoning,
+        details={k: v for k, v in details.items() if v > 0},
+        service_tier=service_tier if isinstance(service_tier, str) and service_tier else None,
     )
+
+
+def _modality_tokens(details: Any, modality: str) -> int:
+    """Gemini's ``promptTokensDetails``/``candidatesTokensDetails``: tokens of one modality."""
+    total = 0
+    for d in details if isinstance(details, list) else ():
+        if isinstance(d, Mapping) and str(d.get("modality", "")).upper() == modality:
+            total += _count(d, "tokenCount", "token_count") or 0
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +302,16 @@ def _openai_usage(provider: str, u: Mapping[str, Any]) -> Usage:
     output = completion
     if _reasoning_outside(provider, prompt, completion, reasoning, total):
         output = completion + reasoning
-    return _build(prompt, output, cached, write, reasoning)
+    return _build(
+        prompt,
+        output,
+        cached,
+        write,
+        reasoning,
+        audio_in=_count(in_details, "audio_tokens") or 0,
+        audio_out=_count(out_details, "audio_tokens") or 0,
+        service_tier=u.get("service_tier"),
+    )
 
 
 def _anthropic_usage(u: Mapping[str, Any]) -> Usage:
@@ -285,7 +323,16 @@ def _anthropic_usage(u: Mapping[str, Any]) -> Usage:
         write = sum(_count(breakdown, k) or 0 for k in breakdown if k.endswith("_input_tokens"))
     output = _count(u, "output_tokens") or 0
     thinking = _count(_sub(u, "output_tokens_details"), "thinking_tokens") or 0
-    return _build(uncached + read + write, output, read, write, thinking)
+    return _build(
+        uncached + read + write,
+        output,
+        read,
+        write,
+        thinking,
+        write_1h=_count(_sub(u, "cache_creation"), "ephemeral_1h_input_tokens") or 0,
+        web_search=_count(_sub(u, "server_tool_use"), "web_search_requests") or 0,
+        service_tier=u.get("service_tier"),
+    )
 
 
 def _google_usage(u: Mapping[str, Any]) -> Usage:
@@ -297,7 +344,20 @@ def _google_usage(u: Mapping[str, Any]) -> Usage:
     if prompt is None:
         total = _count(u, "totalTokenCount", "total_token_count") or 0
         prompt = max(0, total - candidates - thoughts - tool)
-    return _build(prompt + tool, candidates + thoughts, cached, 0, thoughts)
+    prompt_details = _get(u, "promptTokensDetails", "prompt_tokens_details")
+    cached_details = _get(u, "cacheTokensDetails", "cache_tokens_details")
+    output_details = _get(u, "candidatesTokensDetails", "candidates_tokens_details")
+    return _build(
+        prompt + tool,
+        candidates + thoughts,
+        cached,
+        0,
+        thoughts,
+        # audio prompt tokens not read from the cache
+        audio_in=max(0, _modality_tokens(prompt_details, "AUDIO")
+                     - _modality_tokens(cached_details, "AUDIO")),
+        audio_out=_modality_tokens(output_details, "AUDIO"),
+    )  # fmt: skip
 
 
 def usage_from_dict(provider: str, usage: Mapping[str, Any]) -> Usage:
@@ -336,7 +396,16 @@ def extract_usage(provider: str, response: Any) -> Usage:
             "(estimate them and flag estimated=True)",
             field="usage",
         )
-    return usage_from_dict(p, found)
+    usage = usage_from_dict(p, found)
+    return _with_service_tier(usage, data)
+
+
+def _with_service_tier(usage: Usage, data: Any) -> Usage:
+    """OpenAI reports the service tier beside the usage, at the response's top level."""
+    tier = data.get("service_tier") if isinstance(data, Mapping) else None
+    if usage.service_tier is None and isinstance(tier, str) and 0 < len(tier) <= 40:
+        return usage.model_copy(update={"service_tier": tier})
+    return usage
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +458,7 @@ class UsageAccumulator:
         found = find_usage(self.provider, data)
         if found is None:
             return
-        usage = usage_from_dict(self.provider, found)
+        usage = _with_service_tier(usage_from_dict(self.provider, found), data)
         # OpenAI sends usage once, in a last chunk with no choices. Servers that put running
         # usage on every chunk only have the whole count once a finish_reason was seen.
         running = data.get("object") == "chat.completion.chunk" and bool(choices)

@@ -123,6 +123,8 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "error_code",
     "error_message",
     "usage_estimated",
+    "usage_details",
+    "service_tier",
     "tags",
     "metadata",
     "price_id",

@@ -144,7 +144,10 @@ class RecordedRequest:
 def openai_usage(u: Usage, *, xai: bool = False) -> dict[str, Any]:
     """Chat Completions usage; xAI reports reasoning beside completion_tokens."""
     completion = u.output_tokens - u.reasoning_tokens if xai else u.output_tokens
-    prompt_details: dict[str, Any] = {"cached_tokens": u.cached_input_tokens, "audio_tokens": 0}
+    prompt_details: dict[str, Any] = {
+        "cached_tokens": u.cached_input_tokens,
+        "audio_tokens": u.details.get("audio_input", 0),
+    }
     if u.cache_write_tokens:
         prompt_details["cache_write_tokens"] = u.cache_write_tokens
     if xai:
@@ -156,7 +159,7 @@ def openai_usage(u: Usage, *, xai: bool = False) -> dict[str, Any]:
         "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {
             "reasoning_tokens": u.reasoning_tokens,
-            "audio_tokens": 0,
+            "audio_tokens": u.details.get("audio_output", 0),
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
         },
@@ -183,8 +186,17 @@ def anthropic_usage(u: Usage) -> dict[str, Any]:
         "cache_creation_input_tokens": u.cache_write_tokens,
         "cache_read_input_tokens": u.cached_input_tokens,
         "output_tokens": u.output_tokens,
-        "service_tier": "standard",
     }
+    if "cache_write_1h" in u.details:
+        one_hour = u.details["cache_write_1h"]
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": u.cache_write_tokens - one_hour,
+            "ephemeral_1h_input_tokens": one_hour,
+        }
+    if "web_search" in u.details:
+        out["server_tool_use"] = {"web_search_requests": u.details["web_search"]}
+    if u.service_tier:
+        out["service_tier"] = u.service_tier
     if u.reasoning_tokens:
         out["output_tokens_details"] = {"thinking_tokens": u.reasoning_tokens}
     return out
@@ -197,7 +209,14 @@ def gemini_usage(u: Usage, *, candidates: int | None = None) -> dict[str, Any]:
         "promptTokenCount": u.input_tokens,
         "candidatesTokenCount": cand,
         "totalTokenCount": u.input_tokens + cand + u.reasoning_tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": u.input_tokens}],
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": u.input_tokens - u.details.get("audio_input", 0)},
+            *(
+                [{"modality": "AUDIO", "tokenCount": u.details["audio_input"]}]
+                if "audio_input" in u.details
+                else []
+            ),
+        ],
     }
     if u.cached_input_tokens:
         out["cachedContentTokenCount"] = u.cached_input_tokens
@@ -641,7 +660,7 @@ class _Handler(BaseHTTPRequestHandler):
                         }
                     ],
                     "usage": wire_usage,
-                    "service_tier": "default",
+                    **({"service_tier": usage.service_tier} if usage.service_tier else {}),
                 },
             )
             return
