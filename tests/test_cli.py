@@ -233,11 +233,18 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
             " where effective_to is null"
         ).fetchall()
     }
+    rates: dict[tuple[str, str], dict[str, Decimal]] = {}
+    for provider, model, dimension, usd in conn.execute(
+        "select ce.provider, ce.model, r.dimension, r.usd from public.price_rates r"
+        " join public.cost_estimates ce on ce.id = r.price_id where ce.effective_to is null"
+    ).fetchall():
+        rates.setdefault((provider, model), {})[dimension] = usd
     for row in rows:
         assert current[(row.provider, row.model)] == tuple(row.prices[f] for f in PRICE_FIELDS), (
             row.provider,
             row.model,
         )
+        assert rates.get((row.provider, row.model), {}) == row.rates, (row.provider, row.model)
         # Priced (no QF002), at the snapshot's own rates: 1,000 input and 10 output tokens.
         (cost,) = conn.execute(
             "select public.estimate_cost(%s, %s, 1000, 10)", (row.provider, row.model)

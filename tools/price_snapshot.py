@@ -62,6 +62,11 @@ def build(text: str, source: str) -> dict[str, object]:
                 **{
                     f: (None if row.prices[f] is None else str(row.prices[f])) for f in PRICE_FIELDS
                 },
+                **(
+                    {"rates": {k: str(v) for k, v in sorted(row.rates.items())}}
+                    if row.rates
+                    else {}
+                ),
             }
             for row in parsed.rows
         ],

@@ -67,6 +67,8 @@ class PriceRow:
     mode: str = "chat"
     source_url: str | None = None
     checked_on: date | None = None
+    rates: dict[str, Decimal] = field(default_factory=dict)
+    """Rates of billed dimensions (``price_rates``: per million tokens, per 1,000 requests)."""
 
 
 @dataclass
@@ -91,7 +93,29 @@ def _per_million(value: Any) -> Decimal | None:
         return None
     if not d.is_finite() or d < 0:
         return None
+    return _normal(d)
+
+
+def _normal(d: Decimal) -> Decimal:
+    """Without exponent notation or trailing zeros."""
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
+def _litellm_rates(entry: dict[str, Any]) -> dict[str, Decimal]:
+    """The billed dimensions LiteLLM prices, in price_rates units."""
+    search = entry.get("search_context_cost_per_query")
+    per_search = search.get("search_context_size_medium") if isinstance(search, dict) else None
+    per_million_searches = _per_million(per_search)
+    rates = {
+        "cache_write_1h": _per_million(entry.get("cache_creation_input_token_cost_above_1hr")),
+        "audio_input": _per_million(entry.get("input_cost_per_audio_token")),
+        "audio_output": _per_million(entry.get("output_cost_per_audio_token")),
+        # USD per search -> per 1,000 searches
+        "web_search": None
+        if per_million_searches is None
+        else _normal(per_million_searches / 1000),
+    }
+    return {k: v for k, v in rates.items() if v is not None}
 
 
 def parse_litellm_prices(
@@ -166,7 +190,7 @@ def parse_litellm_prices(
                 ),
             )
             break  # one long-context tier: the lowest threshold
-        row = PriceRow(provider, model, prices, name, priority, mode)
+        row = PriceRow(provider, model, prices, name, priority, mode, rates=_litellm_rates(entry))
         key = (provider, model)
         if key not in chosen or priority < chosen[key].priority:
             chosen[key] = row
@@ -224,7 +248,8 @@ def apply_prices(
             (row.provider, row.model),
         ).fetchall()
         current = next((r for r in existing if r["effective_to"] is None), None)
-        if current is not None and _same_prices(current, row.prices):
+        current_rates = {} if current is None else _rates_of(conn, current["id"])
+        if current is not None and _same_prices(current, row.prices) and current_rates == row.rates:
             counts["unchanged"] += 1
             continue
         if current is None and only_existing:
@@ -248,7 +273,15 @@ def apply_prices(
             )
             values["effective_from"] = now  # the new row begins where the old one ends
             counts["changed"] += 1
-            diff.append(f"~ {row.provider}/{row.model}: {_changes(current, row.prices)}")
+            changes = (
+                [_changes(current, row.prices)] if not _same_prices(current, row.prices) else []
+            )
+            changes += [
+                f"{d} {_fmt_price(current_rates.get(d))} -> {_fmt_price(row.rates.get(d))}"
+                for d in sorted(set(current_rates) | set(row.rates))
+                if current_rates.get(d) != row.rates.get(d)
+            ]
+            diff.append(f"~ {row.provider}/{row.model}: {', '.join(changes)}")
         else:
             if existing:  # only closed rows: start after the last one ended
                 values["effective_from"] = max(r["effective_to"] for r in existing)
@@ -260,8 +293,23 @@ def apply_prices(
             )
         names = ", ".join(values)
         marks = ", ".join(f"%({k})s" for k in values)
-        conn.execute(f"insert into public.cost_estimates ({names}) values ({marks})", values)
+        price_id = conn.execute(
+            f"insert into public.cost_estimates ({names}) values ({marks}) returning id", values
+        ).fetchone()["id"]
+        for dimension, usd in row.rates.items():
+            conn.execute(
+                "insert into public.price_rates (price_id, dimension, usd) values (%s, %s, %s)",
+                (price_id, dimension, usd),
+            )
     return counts, diff
+
+
+def _rates_of(conn: Any, price_id: int) -> dict[str, Decimal]:
+    rows = conn.execute(
+        "select dimension, usd from public.price_rates where price_id = %s and not long_context",
+        (price_id,),
+    ).fetchall()
+    return {r["dimension"]: Decimal(r["usd"]) for r in rows}
 
 
 def cmd_pricing_import(args: argparse.Namespace) -> int:
@@ -311,9 +359,10 @@ def _snapshot_rows(data: dict[str, Any]) -> list[PriceRow]:
             prices[f] = (
                 None if v is None else int(v) if f == "long_context_threshold" else Decimal(v)
             )
+        rates = {k: Decimal(str(v)) for k, v in (m.get("rates") or {}).items()}
         rows.append(
             PriceRow(m["provider"], m["model"], prices, mode=m.get("mode", "chat"),
-                     source_url=data.get("source_url"))
+                     source_url=data.get("source_url"), rates=rates)
         )  # fmt: skip
     return rows
 
@@ -336,9 +385,14 @@ def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> l
             prices[f] = (
                 None if v is None else int(v) if f == "long_context_threshold" else Decimal(str(v))
             )
+        rates = {
+            **(base.rates if base else {}),
+            **{k: Decimal(str(v)) for k, v in (o.get("rates") or {}).items()},
+        }
         by_key[key] = PriceRow(
             key[0], key[1], prices, mode=o.get("mode", base.mode if base else "chat"),
             source_url=o["source_url"], checked_on=date.fromisoformat(o["checked_on"]),
+            rates=rates,
         )  # fmt: skip
     return sorted(by_key.values(), key=lambda r: (r.provider, r.model))
 
