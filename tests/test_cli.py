@@ -168,7 +168,7 @@ def test_pricing_import_of_litellm_json(
     )  # fmt: skip
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["provider", "model", "input", "$/Mtok"]
+    assert lines[0].split()[:5] == ["provider", "model", "tier", "input", "$/Mtok"]
     assert [line.split()[1] for line in lines[2:]] == ["gpt-test-1"]
     assert "0.5" in lines[2]
 
@@ -209,8 +209,12 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
     conn.execute(
         "update public.cost_estimates set input_usd_per_mtok = 0.01, managed = false"
         " where provider = 'openai' and model = 'gpt-5.6-luna' and effective_to is null"
+        " and service_tier = 'standard'"
     )
-    rows = [r for r in rows if (r.provider, r.model) != ("openai", "gpt-5.6-luna")]
+    rows = [
+        r for r in rows
+        if (r.provider, r.model, r.service_tier) != ("openai", "gpt-5.6-luna", "standard")
+    ]  # fmt: skip
 
     code, out, _ = run(capsys, "--database-url", db_url, "pricing", "sync")
     assert code == 0, out
@@ -223,31 +227,32 @@ def test_pricing_sync_brings_the_catalogue_to_the_shipped_snapshot_once(
     assert code == 0 and ": 0 new, 0 changed," in out and "1 operator price(s) kept" in out
     assert conn.execute(
         "select input_usd_per_mtok from public.cost_estimates"
-        " where model = 'gpt-5.6-luna' and effective_to is null"
+        " where model = 'gpt-5.6-luna' and effective_to is null and service_tier = 'standard'"
     ).fetchone() == (D("0.01"),)
 
     current = {
-        (r[0], r[1]): r[2:]
+        (r[0], r[1], r[2]): r[3:]
         for r in conn.execute(
-            f"select provider, model, {', '.join(PRICE_FIELDS)} from public.cost_estimates"
-            " where effective_to is null"
+            f"select provider, model, service_tier, {', '.join(PRICE_FIELDS)}"
+            " from public.cost_estimates where effective_to is null"
         ).fetchall()
     }
-    rates: dict[tuple[str, str], dict[str, Decimal]] = {}
-    for provider, model, dimension, usd in conn.execute(
-        "select ce.provider, ce.model, r.dimension, r.usd from public.price_rates r"
-        " join public.cost_estimates ce on ce.id = r.price_id where ce.effective_to is null"
+    rates: dict[tuple[str, str, str], dict[str, Decimal]] = {}
+    for provider, model, tier, dimension, usd in conn.execute(
+        "select ce.provider, ce.model, ce.service_tier, r.dimension, r.usd"
+        " from public.price_rates r join public.cost_estimates ce on ce.id = r.price_id"
+        " where ce.effective_to is null"
     ).fetchall():
-        rates.setdefault((provider, model), {})[dimension] = usd
+        rates.setdefault((provider, model, tier), {})[dimension] = usd
+    assert any(r.service_tier == "batch" for r in rows)  # LiteLLM's tier prices are synced
     for row in rows:
-        assert current[(row.provider, row.model)] == tuple(row.prices[f] for f in PRICE_FIELDS), (
-            row.provider,
-            row.model,
-        )
-        assert rates.get((row.provider, row.model), {}) == row.rates, (row.provider, row.model)
+        key = (row.provider, row.model, row.service_tier)
+        assert current[key] == tuple(row.prices[f] for f in PRICE_FIELDS), key
+        assert rates.get(key, {}) == row.rates, key
         # Priced (no QF002), at the snapshot's own rates: 1,000 input and 10 output tokens.
         (cost,) = conn.execute(
-            "select public.estimate_cost(%s, %s, 1000, 10)", (row.provider, row.model)
+            "select public.estimate_usage_cost(%s, %s, 1000, 10, service_tier => %s)",
+            (row.provider, row.model, row.service_tier),
         ).fetchone()
         p = row.prices
         expected = (1000 * p["input_usd_per_mtok"] + 10 * p["output_usd_per_mtok"]) / 1_000_000

@@ -159,6 +159,92 @@ def priced(conn: Conn) -> Conn:
     return conn
 
 
+# Service tiers: a test row per tier (50% batch, priority and flex as the providers list them)
+TIER_ROWS = [
+    # provider, model, tier, input, output, cached, write, threshold, long in, long out,
+    # long cached, long write
+    ("openai", "gpt-4o", "batch", "1.25", "5", "0.625", None, None, None, None, None, None),
+    ("openai", "gpt-4o", "priority", "4.25", "17", "2.125", None, None, None, None, None, None),
+    ("openai", "gpt-5", "flex", "0.625", "5", "0.0625", None, None, None, None, None, None),
+    ("anthropic", "claude-sonnet-4-5", "batch", "1.50", "7.50", "0.15", "1.875", 200_000,
+     "3", "11.25", "0.30", "3.75"),
+]  # fmt: skip
+
+# (id, provider, model, tier, input, output, cached, cache_write, details, expected USD)
+TIER_CASES: list[tuple[str, str, str, str, int, int, int, int, dict[str, int], str]] = [
+    ("gpt-4o batch", "openai", "gpt-4o", "batch", 1000, 500, 0, 0, {}, "0.00375"),
+    ("gpt-4o priority", "openai", "gpt-4o", "priority", 1000, 500, 0, 0, {}, "0.01275"),
+    ("gpt-4o default is standard", "openai", "gpt-4o", "default", 1000, 500, 0, 0, {}, "0.0075"),
+    ("gpt-4o unknown tier is standard", "openai", "gpt-4o", "scale", 1000, 500, 0, 0, {},
+     "0.0075"),
+    ("tier without a row", "openai", "gpt-4o-mini", "batch", 1000, 1000, 0, 0, {}, "0.00075"),
+    ("gpt-5 flex cached", "openai", "gpt-5", "flex", 10_000, 1000, 5000, 0, {}, "0.0084375"),
+    ("sonnet batch", "anthropic", "claude-sonnet-4-5", "batch", 1000, 500, 0, 0, {}, "0.00525"),
+    ("sonnet batches alias", "anthropic", "claude-sonnet-4-5", "batches", 1000, 500, 0, 0, {},
+     "0.00525"),
+    # the provider's 1h rule applies to the tier's input price: 2 x $1.50
+    ("sonnet batch 1h write", "anthropic", "claude-sonnet-4-5", "batch", 8020, 250, 0, 8000,
+     {"cache_write_1h": 8000}, "0.025905"),
+    ("sonnet batch above 200k", "anthropic", "claude-sonnet-4-5", "batch", 200_001, 1000, 0, 0,
+     {}, "0.611253"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiered(priced: Conn) -> Conn:
+    for r in TIER_ROWS:
+        priced.execute(
+            "insert into public.cost_estimates (provider, model, service_tier,"
+            " input_usd_per_mtok, output_usd_per_mtok, cached_input_usd_per_mtok,"
+            " cache_write_usd_per_mtok, long_context_threshold, long_input_usd_per_mtok,"
+            " long_output_usd_per_mtok, long_cached_input_usd_per_mtok,"
+            " long_cache_write_usd_per_mtok)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            r,
+        )
+    return priced
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "tier", "inp", "out", "cached", "write", "details", "expected"),
+    [c[1:] for c in TIER_CASES],
+    ids=[c[0] for c in TIER_CASES],
+)
+def test_each_service_tier_case_is_priced_at_its_tier(
+    tiered: Conn,
+    provider: str,
+    model: str,
+    tier: str,
+    inp: int,
+    out: int,
+    cached: int,
+    write: int,
+    details: dict[str, int],
+    expected: str,
+) -> None:
+    (cost,) = tiered.execute(
+        "select public.estimate_usage_cost(%s, %s, %s, %s, %s, %s, %s, service_tier => %s)",
+        (provider, model, inp, out, cached, write, json.dumps(details), tier),
+    ).fetchone()
+    assert cost == D(expected)
+
+
+def test_a_batch_call_is_recorded_at_the_batch_price(tiered: Conn) -> None:
+    (org,) = tiered.execute(
+        "insert into public.organizations (name) values ('Batch') returning id"
+    ).fetchone()
+    row = tiered.execute(
+        "select cost_usd, price_id from public.record_usage(organization_id => %s,"
+        " request_id => 'b-1', provider => 'openai', model => 'gpt-4o', input_tokens => 1000,"
+        " output_tokens => 500, service_tier => 'batch')",
+        (org,),
+    ).fetchone()
+    assert row[0] == D("0.00375")
+    assert tiered.execute(
+        "select service_tier from public.cost_estimates where id = %s", (row[1],)
+    ).fetchone() == ("batch",)
+
+
 @pytest.mark.parametrize(
     ("provider", "model", "inp", "out", "cached", "write", "details", "expected"),
     [c[1:] for c in CASES],

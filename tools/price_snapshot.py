@@ -59,6 +59,7 @@ def build(text: str, source: str) -> dict[str, object]:
                 "provider": row.provider,
                 "model": row.model,
                 "mode": row.mode,
+                **({} if row.service_tier == "standard" else {"service_tier": row.service_tier}),
                 **{
                     f: (None if row.prices[f] is None else str(row.prices[f])) for f in PRICE_FIELDS
                 },

@@ -222,6 +222,88 @@ $$;
 revoke execute on function private.assert_usage_details(jsonb, bigint, bigint, bigint, bigint) from public;
 grant execute on function private.assert_usage_details(jsonb, bigint, bigint, bigint, bigint) to authenticated, service_role;
 
+-- Service tiers are prices too: a price row per tier (standard, flex, priority, batch), as
+-- LiteLLM lists them; a call is priced at its reported tier's row, else at standard.
+alter table public.cost_estimates
+  add column service_tier text not null default 'standard'
+    check (service_tier in ('standard', 'flex', 'priority', 'batch'));
+alter table public.cost_estimates drop constraint cost_estimates_no_overlap;
+alter table public.cost_estimates add constraint cost_estimates_no_overlap exclude using gist (
+  provider with =,
+  model with =,
+  service_tier with =,
+  tstzrange(effective_from, effective_to) with &&
+);
+comment on column public.cost_estimates.service_tier is
+  'The service tier these prices are for; a call of a tier without its own row is priced at standard.';
+
+-- A provider's name for a tier as quotaflow's: OpenAI's default/auto and unknown names are
+-- standard, LiteLLM's batches is batch.
+create or replace function private.tier_name(tier text)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case pg_catalog.lower(pg_catalog.btrim(tier))
+    when 'flex' then 'flex'
+    when 'priority' then 'priority'
+    when 'batch' then 'batch'
+    when 'batches' then 'batch'
+    else 'standard'
+  end
+$$;
+revoke execute on function private.tier_name(text) from public;
+grant execute on function private.tier_name(text) to authenticated, service_role;
+
+-- As in 20261204100100_strict_price_resolution.sql, for a service tier: its own row, else
+-- the standard one.
+drop function private.lookup_price(text, text, timestamptz);
+create or replace function private.lookup_price(
+  p_provider text, p_model text, p_at timestamptz, p_tier text default 'standard'
+)
+returns public.cost_estimates
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  p text := pg_catalog.lower(pg_catalog.btrim(p_provider));
+  m text := private.normalise_model(p_model);
+  tier text := private.tier_name(p_tier);
+  base text;
+  candidate text;
+  price public.cost_estimates;
+begin
+  if p is null or p = '' then
+    raise exception 'provider must not be empty' using errcode = '22023';
+  end if;
+  if m is null or m = '' then
+    raise exception 'model must not be empty' using errcode = '22023';
+  end if;
+  base := private.snapshot_base(m);
+  foreach candidate in array array[m, base] loop
+    -- The name itself first (a catalogue row of its own wins over an alias), then the tier.
+    select ce.* into price
+    from public.cost_estimates ce
+    where ce.provider = p
+      and ce.model in (candidate, (select a.model from public.model_aliases a
+                                   where a.provider = p and a.alias = candidate))
+      and ce.service_tier in (tier, 'standard')
+      and ce.effective_from <= p_at and (ce.effective_to is null or ce.effective_to > p_at)
+    order by ce.model = candidate desc, ce.service_tier = tier desc
+    limit 1;
+    if found then
+      return price;
+    end if;
+    exit when base = m;
+  end loop;
+  return null;
+end;
+$$;
+revoke execute on function private.lookup_price(text, text, timestamptz, text) from public;
+grant execute on function private.lookup_price(text, text, timestamptz, text) to authenticated, service_role;
+
 -- record_usage: as in 20261204100200_unpriced_usage.sql, with the call's billed dimensions
 -- (usage_details) and service tier; its arguments change, so it is dropped and created again
 -- (record_usage_batch with it).
@@ -320,7 +402,7 @@ begin
   end if;
 
   toks := record_usage.input_tokens + record_usage.output_tokens;
-  pr := private.lookup_price(prov, mdl, at);
+  pr := private.lookup_price(prov, mdl, at, record_usage.service_tier);
   canonical := coalesce(pr.model, mdl);
   if pr.id is null then
     pr := private.fallback_price(org, at);  -- quotas still match the call's own model
@@ -563,13 +645,13 @@ begin
   for l in
     select u.* from public.api_usage_logs u
     where u.unpriced and (org is null or u.organization_id = org)
-      and ((private.lookup_price(u.provider, u.model, u.occurred_at)).id is not null
+      and ((private.lookup_price(u.provider, u.model, u.occurred_at, u.service_tier)).id is not null
            or (private.fallback_price(u.organization_id, u.occurred_at)).id is not null)
     order by u.occurred_at, u.id
     limit max_rows
     for update of u skip locked
   loop
-    pr := private.lookup_price(l.provider, l.model, l.occurred_at);
+    pr := private.lookup_price(l.provider, l.model, l.occurred_at, l.service_tier);
     canonical := coalesce(pr.model, l.model);
     if pr.id is null then
       pr := private.fallback_price(l.organization_id, l.occurred_at);
@@ -625,7 +707,8 @@ create or replace function public.estimate_usage_cost(
   cached_input_tokens bigint default 0,
   cache_write_tokens bigint default 0,
   usage_details jsonb default '{}',
-  at timestamptz default now()
+  at timestamptz default now(),
+  service_tier text default null
 )
 returns numeric
 language plpgsql
@@ -633,9 +716,12 @@ stable
 set search_path = ''
 as $$
 declare
-  pr public.cost_estimates := private.resolve_price(provider, model, at);
+  pr public.cost_estimates := private.lookup_price(provider, model, at, service_tier);
   parts record;
 begin
+  if pr.id is null then
+    pr := private.resolve_price(provider, model, at);  -- QF002, with its detail
+  end if;
   perform private.assert_tokens(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens);
   perform private.assert_usage_details(usage_details, input_tokens, cached_input_tokens,
                                        cache_write_tokens, output_tokens);
@@ -643,5 +729,5 @@ begin
   return trim_scale(parts.total_cost + private.details_cost(pr, parts.long_context, usage_details));
 end;
 $$;
-revoke execute on function public.estimate_usage_cost(text, text, bigint, bigint, bigint, bigint, jsonb, timestamptz) from public, anon;
-grant execute on function public.estimate_usage_cost(text, text, bigint, bigint, bigint, bigint, jsonb, timestamptz) to authenticated, service_role;
+revoke execute on function public.estimate_usage_cost(text, text, bigint, bigint, bigint, bigint, jsonb, timestamptz, text) from public, anon;
+grant execute on function public.estimate_usage_cost(text, text, bigint, bigint, bigint, bigint, jsonb, timestamptz, text) to authenticated, service_role;

@@ -69,6 +69,7 @@ class PriceRow:
     checked_on: date | None = None
     rates: dict[str, Decimal] = field(default_factory=dict)
     """Rates of billed dimensions (``price_rates``: per million tokens, per 1,000 requests)."""
+    service_tier: str = "standard"
 
 
 @dataclass
@@ -101,6 +102,82 @@ def _normal(d: Decimal) -> Decimal:
     return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
 
 
+_LITELLM_TIERS = (("_flex", "flex"), ("_priority", "priority"), ("_batches", "batch"))
+"""LiteLLM's field suffixes for the service tiers quotaflow prices."""
+
+
+def _litellm_tier_prices(
+    entry: dict[str, Any], suffix: str, standard: dict[str, Decimal | int | None] | None = None
+) -> dict[str, Decimal | int | None] | None:
+    """A LiteLLM entry's prices for one tier (``suffix`` "" is standard), in cost_estimates
+    units; None when the tier has no per-token input and output price. A tier without its own
+    long-context prices scales the standard ones by its input and output factors."""
+    input_price = _per_million(entry.get("input_cost_per_token" + suffix))
+    output_price = _per_million(entry.get("output_cost_per_token" + suffix))
+    if output_price is None and not suffix and entry.get("mode") == "embedding":
+        output_price = Decimal(0)
+    if input_price is None or output_price is None:
+        return None
+    prices: dict[str, Decimal | int | None] = {
+        "input_usd_per_mtok": input_price,
+        "output_usd_per_mtok": output_price,
+        "cached_input_usd_per_mtok": _per_million(
+            entry.get("cache_read_input_token_cost" + suffix)
+        ),
+        "cache_write_usd_per_mtok": _per_million(
+            entry.get("cache_creation_input_token_cost" + suffix)
+        ),
+        "long_context_threshold": None,
+        "long_input_usd_per_mtok": None,
+        "long_output_usd_per_mtok": None,
+        "long_cached_input_usd_per_mtok": None,
+        "long_cache_write_usd_per_mtok": None,
+    }
+    thresholds = sorted(int(m.group(1)) for k in entry if (m := _LONG_RE.match(k)))
+    for n in thresholds:
+        above = f"_above_{n}k_tokens"
+        long_input = _per_million(entry.get("input_cost_per_token" + above + suffix))
+        if long_input is None:
+            continue
+        prices.update(
+            long_context_threshold=n * 1000,
+            long_input_usd_per_mtok=long_input,
+            long_output_usd_per_mtok=_per_million(
+                entry.get("output_cost_per_token" + above + suffix)
+            )
+            or output_price,
+            long_cached_input_usd_per_mtok=_per_million(
+                entry.get("cache_read_input_token_cost" + above + suffix)
+            ),
+            long_cache_write_usd_per_mtok=_per_million(
+                entry.get("cache_creation_input_token_cost" + above + suffix)
+            ),
+        )
+        break  # one long-context tier: the lowest threshold
+    if (
+        standard is not None
+        and prices["long_context_threshold"] is None
+        and standard["long_context_threshold"] is not None
+    ):
+        std_in, std_out = standard["input_usd_per_mtok"], standard["output_usd_per_mtok"]
+        assert isinstance(std_in, Decimal) and isinstance(std_out, Decimal)
+        f_in = input_price / std_in if std_in else Decimal(1)
+        f_out = output_price / std_out if std_out else Decimal(1)
+
+        def scaled(field: str, factor: Decimal) -> Decimal | None:
+            v = standard[field]
+            return None if v is None else _normal(Decimal(v) * factor)
+
+        prices.update(
+            long_context_threshold=standard["long_context_threshold"],
+            long_input_usd_per_mtok=scaled("long_input_usd_per_mtok", f_in),
+            long_output_usd_per_mtok=scaled("long_output_usd_per_mtok", f_out),
+            long_cached_input_usd_per_mtok=scaled("long_cached_input_usd_per_mtok", f_in),
+            long_cache_write_usd_per_mtok=scaled("long_cache_write_usd_per_mtok", f_in),
+        )
+    return prices
+
+
 def _litellm_rates(entry: dict[str, Any]) -> dict[str, Decimal]:
     """The billed dimensions LiteLLM prices, in price_rates units."""
     search = entry.get("search_context_cost_per_query")
@@ -128,7 +205,7 @@ def parse_litellm_prices(
     if not isinstance(data, dict):
         raise CliError("not a LiteLLM price file: expected a JSON object of models")
     parsed = ParsedPrices()
-    chosen: dict[tuple[str, str], PriceRow] = {}
+    chosen: dict[tuple[str, str, str], PriceRow] = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or name == "sample_spec":
             continue
@@ -153,48 +230,24 @@ def parse_litellm_prices(
         if not _MODEL_RE.match(model):
             parsed.skipped.append((name, "model name quotaflow cannot store"))
             continue
-        input_price = _per_million(entry.get("input_cost_per_token"))
-        output_price = _per_million(entry.get("output_cost_per_token"))
-        if output_price is None and entry.get("mode") == "embedding":
-            output_price = Decimal(0)
-        if input_price is None or output_price is None:
+        prices = _litellm_tier_prices(entry, "")
+        if prices is None:
             parsed.skipped.append((name, "no per-token input and output price"))
             continue
-        prices: dict[str, Decimal | int | None] = {
-            "input_usd_per_mtok": input_price,
-            "output_usd_per_mtok": output_price,
-            "cached_input_usd_per_mtok": _per_million(entry.get("cache_read_input_token_cost")),
-            "cache_write_usd_per_mtok": _per_million(entry.get("cache_creation_input_token_cost")),
-            "long_context_threshold": None,
-            "long_input_usd_per_mtok": None,
-            "long_output_usd_per_mtok": None,
-            "long_cached_input_usd_per_mtok": None,
-            "long_cache_write_usd_per_mtok": None,
-        }
-        tiers = sorted(int(m.group(1)) for k in entry if (m := _LONG_RE.match(k)))
-        for tier in tiers:
-            long_input = _per_million(entry.get(f"input_cost_per_token_above_{tier}k_tokens"))
-            if long_input is None:
-                continue
-            suffix = f"_above_{tier}k_tokens"
-            prices.update(
-                long_context_threshold=tier * 1000,
-                long_input_usd_per_mtok=long_input,
-                long_output_usd_per_mtok=_per_million(entry.get("output_cost_per_token" + suffix))
-                or output_price,
-                long_cached_input_usd_per_mtok=_per_million(
-                    entry.get("cache_read_input_token_cost" + suffix)
-                ),
-                long_cache_write_usd_per_mtok=_per_million(
-                    entry.get("cache_creation_input_token_cost" + suffix)
-                ),
-            )
-            break  # one long-context tier: the lowest threshold
-        row = PriceRow(provider, model, prices, name, priority, mode, rates=_litellm_rates(entry))
-        key = (provider, model)
-        if key not in chosen or priority < chosen[key].priority:
-            chosen[key] = row
-    parsed.rows = sorted(chosen.values(), key=lambda r: (r.provider, r.model))
+        rows = [
+            PriceRow(provider, model, prices, name, priority, mode, rates=_litellm_rates(entry))
+        ]
+        for suffix, tier in _LITELLM_TIERS:
+            tier_prices = _litellm_tier_prices(entry, suffix, standard=prices)
+            if tier_prices is not None:
+                rows.append(
+                    PriceRow(provider, model, tier_prices, name, priority, mode, service_tier=tier)
+                )
+        for row in rows:
+            key = (provider, model, row.service_tier)
+            if key not in chosen or priority < chosen[key].priority:
+                chosen[key] = row
+    parsed.rows = sorted(chosen.values(), key=lambda r: (r.provider, r.model, r.service_tier))
     return parsed
 
 
@@ -244,9 +297,12 @@ def apply_prices(
     for row in rows:
         existing = conn.execute(
             "select * from public.cost_estimates where provider = %s and model = %s"
-            " order by effective_from",
-            (row.provider, row.model),
+            " and service_tier = %s order by effective_from",
+            (row.provider, row.model, row.service_tier),
         ).fetchall()
+        label = f"{row.provider}/{row.model}" + (
+            "" if row.service_tier == "standard" else f" [{row.service_tier}]"
+        )
         current = next((r for r in existing if r["effective_to"] is None), None)
         current_rates = {} if current is None else _rates_of(conn, current["id"])
         if current is not None and _same_prices(current, row.prices) and current_rates == row.rates:
@@ -256,7 +312,7 @@ def apply_prices(
             continue
         if current is not None and managed and not current["managed"]:
             counts["custom"] += 1
-            diff.append(f"= {row.provider}/{row.model}: kept the operator's price")
+            diff.append(f"= {label}: kept the operator's price")
             continue
         values = {
             **row.prices,
@@ -265,6 +321,7 @@ def apply_prices(
             "source_url": row.source_url or source_url,
             "checked_on": row.checked_on or date.today(),
             "managed": managed,
+            "service_tier": row.service_tier,
         }
         if current is not None:
             conn.execute(
@@ -281,14 +338,14 @@ def apply_prices(
                 for d in sorted(set(current_rates) | set(row.rates))
                 if current_rates.get(d) != row.rates.get(d)
             ]
-            diff.append(f"~ {row.provider}/{row.model}: {', '.join(changes)}")
+            diff.append(f"~ {label}: {', '.join(changes)}")
         else:
             if existing:  # only closed rows: start after the last one ended
                 values["effective_from"] = max(r["effective_to"] for r in existing)
             counts["new"] += 1
             p = row.prices
             diff.append(
-                f"+ {row.provider}/{row.model}: input {_fmt_price(p['input_usd_per_mtok'])},"
+                f"+ {label}: input {_fmt_price(p['input_usd_per_mtok'])},"
                 f" output {_fmt_price(p['output_usd_per_mtok'])}"
             )
         names = ", ".join(values)
@@ -362,7 +419,8 @@ def _snapshot_rows(data: dict[str, Any]) -> list[PriceRow]:
         rates = {k: Decimal(str(v)) for k, v in (m.get("rates") or {}).items()}
         rows.append(
             PriceRow(m["provider"], m["model"], prices, mode=m.get("mode", "chat"),
-                     source_url=data.get("source_url"), rates=rates)
+                     source_url=data.get("source_url"), rates=rates,
+                     service_tier=m.get("service_tier", "standard"))
         )  # fmt: skip
     return rows
 
@@ -370,9 +428,9 @@ def _snapshot_rows(data: dict[str, Any]) -> list[PriceRow]:
 def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> list[PriceRow]:
     """Overrides replace fields of a snapshot model (or add a model LiteLLM lacks), each
     recorded with its own source URL and the date it was checked."""
-    by_key = {(r.provider, r.model): r for r in rows}
+    by_key = {(r.provider, r.model, r.service_tier): r for r in rows}
     for o in overrides:
-        key = (o["provider"], o["model"])
+        key = (o["provider"], o["model"], o.get("service_tier", "standard"))
         base = by_key.get(key)
         if base is None and not {"input_usd_per_mtok", "output_usd_per_mtok"} <= set(o["fields"]):
             continue  # corrects a model this source does not list
@@ -392,9 +450,9 @@ def _apply_overrides(rows: list[PriceRow], overrides: list[dict[str, Any]]) -> l
         by_key[key] = PriceRow(
             key[0], key[1], prices, mode=o.get("mode", base.mode if base else "chat"),
             source_url=o["source_url"], checked_on=date.fromisoformat(o["checked_on"]),
-            rates=rates,
+            rates=rates, service_tier=key[2],
         )  # fmt: skip
-    return sorted(by_key.values(), key=lambda r: (r.provider, r.model))
+    return sorted(by_key.values(), key=lambda r: (r.provider, r.model, r.service_tier))
 
 
 def _overrides() -> list[dict[str, Any]]:
@@ -479,6 +537,7 @@ def cmd_pricing_sync(args: argparse.Namespace) -> int:
 PRICE_COLUMNS = [
     ("provider", "provider"),
     ("model", "model"),
+    ("service_tier", "tier"),
     ("input_usd_per_mtok", "input $/Mtok"),
     ("output_usd_per_mtok", "output $/Mtok"),
     ("cached_input_usd_per_mtok", "cached in"),
@@ -503,7 +562,7 @@ def cmd_pricing_list(args: argparse.Namespace) -> int:
         rows = conn.execute(
             "select * from public.cost_estimates where "
             + " and ".join(where)
-            + " order by provider, model, effective_from",
+            + " order by provider, model, service_tier, effective_from",
             params,
         ).fetchall()
     if args.json:
