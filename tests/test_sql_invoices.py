@@ -333,8 +333,9 @@ def test_impossible_dimensions_are_refused_and_nothing_is_written(
     assert priced.execute("select count(*) from public.api_usage_logs").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_an_anthropic_call_with_1h_writes_and_searches_is_billed_as_invoiced(
-    db_url: str, priced: Conn, tmp_path: Path
+    db_url: str, priced: Conn, tmp_path: Path, stream: bool
 ) -> None:
     """Through the tracker and the fake provider, which reports usage as Anthropic does
     (cache_creation split, server_tool_use, service_tier)."""
@@ -356,8 +357,12 @@ def test_an_anthropic_call_with_1h_writes_and_searches_is_billed_as_invoiced(
                 "model": "claude-sonnet-4-5",
                 "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 300,
+                "stream": stream,
             }
             response = t.execute_with_tracking(request, {"organization_id": str(org)})
+            if stream:
+                assert "".join(response) == "ok"
+                response = response.response
         providers.close()
     assert response.usage == usage
     assert response.cost == D("0.07181")

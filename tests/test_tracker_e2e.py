@@ -722,7 +722,13 @@ def test_embeddings_are_executed_and_priced_on_input_tokens(
     else:
         assert estimated and input_tokens == held
         sent = fake.last_request
-        assert sent is not None and len(sent.body["requests"]) == 2
+        assert sent is not None and sent.route == "batchEmbedContents"
+        assert len(sent.body["requests"]) == 2
+        one = tracker.execute_with_tracking(
+            {**request, "messages": request["messages"][:1]}, {"organization_id": ORG}
+        )
+        assert one.embeddings is not None and len(one.embeddings) == 1
+        assert fake.last_request is not None and fake.last_request.route == "embedContent"
 
 
 def test_an_openai_embeddings_response_is_tracked_after_the_fact(

@@ -595,8 +595,9 @@ class OpenAIEmbeddingsAdapter(_EmbeddingsMixin, OpenAIChatAdapter):
 
 
 class GeminiEmbeddingsAdapter(_EmbeddingsMixin, GeminiAdapter):
-    """``POST {base}/v1beta/models/{model}:batchEmbedContents``, one request per message. The
-    answer reports no token counts: the input is estimated (``estimated=True``)."""
+    """``POST {base}/v1beta/models/{model}:embedContent`` for one message,
+    ``:batchEmbedContents`` (one request per message) for several. The answer reports no
+    token counts: the input is estimated (``estimated=True``)."""
 
     def build_request(
         self, request: AIModelRequest, *, api_key: str = "", stream: bool | None = None
@@ -604,24 +605,22 @@ class GeminiEmbeddingsAdapter(_EmbeddingsMixin, GeminiAdapter):
         if request.stream or stream:
             raise ValidationError("embeddings do not stream", field="stream")
         model = request.model.removeprefix("models/")
-        path = f"/{self.api_version}/models/{quote(model, safe='-._~')}:batchEmbedContents"
-        body: dict[str, Any] = {
-            "requests": [
-                {
-                    "model": f"models/{model}",
-                    "content": {"parts": [{"text": text}]},
-                    **request.extra,
-                }
-                for text in _embedding_inputs(request)
-            ]
-        }
+        requests = [
+            {"model": f"models/{model}", "content": {"parts": [{"text": text}]}, **request.extra}
+            for text in _embedding_inputs(request)
+        ]
+        single = len(requests) == 1
+        method = "embedContent" if single else "batchEmbedContents"
+        path = f"/{self.api_version}/models/{quote(model, safe='-._~')}:{method}"
+        body: dict[str, Any] = requests[0] if single else {"requests": requests}
         return PreparedRequest("POST", path, self._headers(api_key, False), body, False)
 
     def _extract(self, body: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         return "", None, None
 
     def vectors(self, body: Mapping[str, Any]) -> list[list[float]] | None:
-        items = body.get("embeddings")
+        one = body.get("embedding")  # embedContent
+        items = body.get("embeddings") if one is None else [one]
         items = items if isinstance(items, list) else []
         return _float_vectors(e.get("values") for e in items if isinstance(e, Mapping))
 

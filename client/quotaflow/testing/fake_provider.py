@@ -16,8 +16,8 @@ Routes (POST): ``/v1/chat/completions`` (OpenAI and xAI Chat Completions, stream
 ``/v1/messages`` (Anthropic Messages, streaming events), ``/v1beta/models/{model}:generateContent``
 and ``:streamGenerateContent`` (SSE with ``alt=sse``, a JSON array without); ``/v1/models/...``
 too, which google-genai 3.x uses by default. Embeddings: ``/v1/embeddings`` (OpenAI: usage's
-``input_tokens`` as ``prompt_tokens``) and ``:batchEmbedContents`` (Gemini: no token counts,
-as the real API).
+``input_tokens`` as ``prompt_tokens``), ``:embedContent`` and ``:batchEmbedContents`` (Gemini:
+no token counts, as the real API).
 
 The usage to report is given *normalised* (:class:`quotaflow.models.Usage`) and written in each
 provider's own semantics: Anthropic's ``input_tokens`` excludes cache reads and writes; Gemini's
@@ -61,6 +61,7 @@ ROUTES = (
     "generateContent",
     "streamGenerateContent",
     "embeddings",
+    "embedContent",
     "batchEmbedContents",
 )
 
@@ -558,6 +559,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif gemini and gemini["method"] in (
             "generateContent",
             "streamGenerateContent",
+            "embedContent",
             "batchEmbedContents",
         ):
             route, flavour, model = gemini["method"], "google", gemini["model"]
@@ -587,7 +589,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._responses(body, model, usage, text, truncated, outcome, delay)
             elif route == "messages":
                 self._messages(body, model, usage, text, truncated, outcome, delay)
-            elif route in ("embeddings", "batchEmbedContents"):
+            elif route in ("embeddings", "embedContent", "batchEmbedContents"):
                 self._embeddings(route, body, model, usage)
             else:
                 sse = query.get("alt", [""])[0] == "sse"
@@ -622,6 +624,9 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 },
             )
+            return
+        if route == "embedContent":
+            self._send_json(200, {"embedding": {"values": vector(0)}})
             return
         requests = body.get("requests")
         count = len(requests) if isinstance(requests, list) else 0
