@@ -366,3 +366,17 @@ def test_an_anthropic_call_with_1h_writes_and_searches_is_billed_as_invoiced(
         providers.close()
     assert response.usage == usage
     assert response.cost == D("0.07181")
+
+
+def test_batch_results_tracked_after_the_fact_are_priced_at_the_batch_tier(
+    db_url: str, tiered: Conn, tmp_path: Path
+) -> None:
+    (org,) = tiered.execute(
+        "insert into public.organizations (name) values ('Batch results') returning id"
+    ).fetchone()
+    line = {"usage": {"prompt_tokens": 1000, "completion_tokens": 500}}  # a Batch API result
+    with Tracker(database_url=db_url, outbox=tmp_path / "o.db") as t:
+        record = t.track_usage(
+            {"organization_id": str(org)}, "openai", "gpt-4o", line, service_tier="batch"
+        )
+    assert record.cost == D("0.00375") and record.usage.service_tier == "batch"

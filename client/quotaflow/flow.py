@@ -531,14 +531,16 @@ def _track_event(
     model: str,
     api_response: Any,
     latency_ms: int | None,
+    service_tier: str | None = None,
 ) -> UsageEvent:
     call = _prepare({"provider": provider, "model": model, "messages": _EMPTY_PROMPT}, context)
-    event = _event(
-        call,
-        usage=extract_usage(call.request.provider, api_response),
-        success=True,
-        finish_reason=_finish_reason(api_response),
-    )
+    usage = extract_usage(call.request.provider, api_response)
+    if service_tier is not None:
+        try:
+            usage = Usage.model_validate({**usage.model_dump(), "service_tier": service_tier})
+        except PydanticValidationError as exc:
+            raise ValidationError(f"invalid service_tier: {exc}", field="service_tier") from exc
+    event = _event(call, usage=usage, success=True, finish_reason=_finish_reason(api_response))
     if latency_ms is not None:
         event.latency_ms = latency_ms
     return event

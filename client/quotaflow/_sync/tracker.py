@@ -169,9 +169,12 @@ class Tracker(TrackerBase):
         api_response: Any,
         *,
         latency_ms: int | None = None,
+        service_tier: str | None = None,
     ) -> UsageRecord:
-        """Records a call made without a reservation, from the provider's raw response."""
-        event = _track_event(context, provider, model, api_response, latency_ms)
+        """Records a call made without a reservation, from the provider's raw response;
+        ``service_tier`` (e.g. ``"batch"`` for Batch API results) when the response does not
+        say it."""
+        event = _track_event(context, provider, model, api_response, latency_ms, service_tier)
         return to_thread(self._settle, event)
 
     def track_failure(
