@@ -22,7 +22,7 @@ immutable
 set search_path = ''
 as $$
 declare
-  conflicts text[] := array[]::text[];
+  conflicts text[] := '{}';
 begin
   if old_provider is distinct from new_provider then conflicts := conflicts || 'provider'::text; end if;
   if old_model is distinct from new_model then conflicts := conflicts || 'model'::text; end if;
