@@ -304,9 +304,10 @@ $$;
 revoke execute on function private.lookup_price(text, text, timestamptz, text) from public;
 grant execute on function private.lookup_price(text, text, timestamptz, text) to authenticated, service_role;
 
--- record_usage: as in 20261204100200_unpriced_usage.sql, with the call's billed dimensions
--- (usage_details) and service tier; its arguments change, so it is dropped and created again
--- (record_usage_batch with it).
+-- record_usage: as in 20261122000400_quotas_and_usage.sql, keeping the usage of an unknown
+-- model unpriced (20261204100200_unpriced_usage.sql), priced at the call's service tier, with
+-- its billed dimensions (usage_details); its arguments and result change, so it is dropped and
+-- created again (record_usage_batch with it).
 drop function public.record_usage_batch(jsonb);
 drop function public.record_usage(uuid, text, text, text, bigint, bigint, bigint, bigint, bigint, boolean, text, text, text, text, integer, text, text, text, boolean, text[], jsonb, timestamptz);
 create or replace function public.record_usage(
@@ -617,7 +618,8 @@ comment on function public.record_usage_batch(jsonb) is
 revoke execute on function public.record_usage_batch(jsonb) from public, anon, authenticated;
 grant execute on function public.record_usage_batch(jsonb) to service_role;
 
--- reprice_usage: as in 20261204100200_unpriced_usage.sql, pricing the billed dimensions too.
+-- reprice_usage: prices the rows recorded unpriced (20261204100200_unpriced_usage.sql) once a
+-- price exists, billed dimensions and tier included.
 create or replace function public.reprice_usage(organization_id uuid default null, max_rows integer default 1000)
 returns table (repriced bigint, still_unpriced bigint)
 language plpgsql
